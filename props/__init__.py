@@ -1,0 +1,1 @@
+"""The plugin's property files, shipped as package data."""

@@ -1,0 +1,1 @@
+"""Dataset property files, shipped as package data."""

@@ -1,0 +1,1 @@
+"""The plugin's models, one module each, found by name by ``get_model``."""

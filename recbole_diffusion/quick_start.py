@@ -1,0 +1,213 @@
+"""Train, validate and test a model in one call, as RecBole's quick start does.
+
+This module does not import ``recbole.quick_start`` (which imports ray) and
+never unpickles files: datasets are built from the atomic files and
+checkpoints are read with ``weights_only=True``.
+"""
+
+import importlib
+import logging
+from logging import getLogger
+
+from recbole.data.utils import create_samplers, get_dataloader
+from recbole.utils import init_logger, init_seed, set_color
+
+from recbole_diffusion.config import build_config
+from recbole_diffusion.trainer import load_checkpoint
+from recbole_diffusion.utils import get_model, get_trainer
+
+__all__ = [
+    "build_pipeline",
+    "create_dataset",
+    "data_preparation",
+    "load_data_and_model",
+    "objective_function",
+    "run_recbole_diffusion",
+]
+
+_TYPE_TO_DATASET = {
+    "GENERAL": "Dataset",
+    "SEQUENTIAL": "SequentialDataset",
+    "CONTEXT": "Dataset",
+    "KNOWLEDGE": "KnowledgeBasedDataset",
+    "TRADITIONAL": "Dataset",
+    "DECISIONTREE": "Dataset",
+}
+
+
+def create_dataset(config):
+    """Build the dataset for ``config['model']`` from its atomic files.
+
+    Uses ``recbole_diffusion.data.<Model>Dataset`` if the plugin defines one,
+    then ``recbole.data.dataset.<Model>Dataset``, then the model type's
+    default. Unlike RecBole's ``create_dataset`` it never loads a pickled
+    dataset from the checkpoint folder.
+    """
+    plugin_data = importlib.import_module("recbole_diffusion.data")
+    recbole_data = importlib.import_module("recbole.data.dataset")
+    class_name = config["model"] + "Dataset"
+    if hasattr(plugin_data, class_name):
+        dataset_class = getattr(plugin_data, class_name)
+    elif hasattr(recbole_data, class_name):
+        dataset_class = getattr(recbole_data, class_name)
+    else:
+        dataset_class = getattr(recbole_data, _TYPE_TO_DATASET[config["MODEL_TYPE"].name])
+    return dataset_class(config)
+
+
+def data_preparation(config, dataset):
+    """Split ``dataset`` and build the train, valid and test data loaders."""
+    built_datasets = dataset.build()
+    train_sampler, valid_sampler, test_sampler = create_samplers(
+        config, dataset, built_datasets
+    )
+    train_dataset, valid_dataset, test_dataset = built_datasets
+    train_data = get_dataloader(config, "train")(
+        config, train_dataset, train_sampler, shuffle=config["shuffle"]
+    )
+    valid_data = get_dataloader(config, "valid")(
+        config, valid_dataset, valid_sampler, shuffle=False
+    )
+    test_data = get_dataloader(config, "test")(
+        config, test_dataset, test_sampler, shuffle=False
+    )
+    logger = getLogger()
+    logger.info(
+        set_color("[Training]: ", "pink")
+        + set_color("train_batch_size", "cyan")
+        + " = "
+        + set_color(f'[{config["train_batch_size"]}]', "yellow")
+    )
+    logger.info(
+        set_color("[Evaluation]: ", "pink")
+        + set_color("eval_batch_size", "cyan")
+        + " = "
+        + set_color(f'[{config["eval_batch_size"]}]', "yellow")
+        + set_color(" eval_args", "cyan")
+        + ": "
+        + set_color(f'[{config["eval_args"]}]', "yellow")
+    )
+    return train_data, valid_data, test_data
+
+
+def _build_from_config(config):
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    logger = getLogger()
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    # Same seed before the model is built, as RecBole does, so that weights
+    # do not depend on how much randomness data loading consumed.
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    return dataset, train_data, valid_data, test_data, model
+
+
+def build_pipeline(
+    model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None
+):
+    """Build config, dataset, data loaders and model, without training.
+
+    Returns:
+        tuple: ``(config, dataset, train_data, valid_data, test_data, model)``.
+    """
+    config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
+    dataset, train_data, valid_data, test_data, model = _build_from_config(config)
+    return config, dataset, train_data, valid_data, test_data, model
+
+
+def run_recbole_diffusion(
+    model=None,
+    dataset=None,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    cmd_args=None,
+    resume_file=None,
+):
+    """Train a model, pick the best epoch on validation, and test it.
+
+    Args:
+        model (str): model name, a plugin model or any RecBole model.
+        dataset (str): dataset name; ``ml-100k`` by default.
+        config_file_list (list[str]): the user's yaml files.
+        config_dict (dict): parameter overrides.
+        saved (bool): save the best checkpoint and test with it.
+        cmd_args (dict): ``--key=value`` overrides (highest precedence).
+        resume_file (str): a checkpoint of this plugin to resume training from.
+
+    Returns:
+        dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
+        ``test_result``, ``model_file`` and ``config``.
+    """
+    config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    dataset, train_data, valid_data, test_data, model = _build_from_config(config)
+
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if resume_file:
+        trainer.resume_checkpoint(resume_file)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(
+        test_data, load_best_model=saved, show_progress=config["show_progress"]
+    )
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "model_file": trainer.saved_model_file if saved else None,
+        "config": config,
+    }
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    """The objective that RecBole's ``HyperTuning`` calls for each trial.
+
+    The model and dataset are read from ``config_dict`` or the config files
+    (``model: ADRec``, ``dataset: ml-100k``), as with RecBole's own objective.
+    """
+    result = run_recbole_diffusion(
+        config_file_list=config_file_list, config_dict=config_dict, saved=saved
+    )
+    # HyperTuning logs every trial; keep RecBole's per-epoch logging quiet.
+    logging.getLogger().setLevel(logging.INFO)
+    return {
+        "model": result["config"]["model_variant"],
+        "best_valid_score": result["best_valid_score"],
+        "valid_score_bigger": result["valid_score_bigger"],
+        "best_valid_result": result["best_valid_result"],
+        "test_result": result["test_result"],
+    }
+
+
+def load_data_and_model(model_file, config_dict=None):
+    """Load a checkpoint written by this plugin, with its data.
+
+    The file is read with ``weights_only=True``; its configuration is rebuilt
+    from the plain values it stores.
+
+    Returns:
+        tuple: ``(config, model, dataset, train_data, valid_data, test_data)``,
+        like ``recbole.quick_start.load_data_and_model``.
+    """
+    checkpoint = load_checkpoint(model_file)
+    stored = checkpoint["config"]
+    overrides = dict(stored["external"])
+    overrides.update(config_dict or {})
+    config = build_config(
+        model=stored["model_variant"], dataset=stored["dataset"], config_dict=overrides
+    )
+    init_logger(config)
+    dataset, train_data, valid_data, test_data, model = _build_from_config(config)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    model.eval()
+    return config, model, dataset, train_data, valid_data, test_data

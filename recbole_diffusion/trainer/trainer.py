@@ -1,0 +1,132 @@
+"""RecBole's trainer with safe checkpoints and a clear stop on a diverged loss."""
+
+import os
+
+import torch
+from recbole.trainer import Trainer as RecBoleTrainer
+from recbole.utils import set_color
+
+from recbole_diffusion.trainer.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    plain_config,
+)
+
+__all__ = ["SafeCheckpointMixin", "Trainer", "TrainingDivergedError", "make_safe"]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class SafeCheckpointMixin:
+    """Checkpoint handling that works on torch >= 2.6 without executing code.
+
+    Mixed into any RecBole trainer: checkpoints hold the model and optimizer
+    state and the configuration as a plain dict; every load goes through
+    :func:`load_checkpoint` (``weights_only=True``).
+    """
+
+    _current_epoch = 0
+
+    def _checkpoint_state(self, epoch):
+        return {
+            "config": plain_config(self.config),
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = self._checkpoint_state(epoch)
+        # Write then rename, so an interruption never leaves a half-written
+        # file in place of the last good checkpoint.
+        partial_file = saved_model_file + ".partial"
+        torch.save(state, partial_file)
+        os.replace(partial_file, saved_model_file)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def _load_model_state(self, checkpoint, checkpoint_file):
+        stored = checkpoint.get("config", {})
+        stored_model = stored.get("model") if isinstance(stored, dict) else None
+        if stored_model and stored_model.lower() != self.config["model"].lower():
+            raise CheckpointError(
+                f"Checkpoint '{checkpoint_file}' holds a {stored_model} model, "
+                f"not {self.config['model']}."
+            )
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+
+    def resume_checkpoint(self, resume_file):
+        """Resume training from a checkpoint written by this plugin."""
+        resume_file = str(resume_file)
+        checkpoint = load_checkpoint(resume_file, map_location=self.device)
+        self.saved_model_file = resume_file
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self._load_model_state(checkpoint, resume_file)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info(
+            f"Checkpoint loaded. Resume training from epoch {self.start_epoch}"
+        )
+        return checkpoint
+
+    @torch.no_grad()
+    def evaluate(
+        self, eval_data, load_best_model=True, model_file=None, show_progress=False
+    ):
+        if eval_data and load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+            self._load_model_state(checkpoint, checkpoint_file)
+            self.logger.info(
+                f"Loading model structure and parameters from {checkpoint_file}"
+            )
+        return super().evaluate(
+            eval_data, load_best_model=False, show_progress=show_progress
+        )
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._current_epoch = epoch_idx
+        return super()._train_epoch(
+            train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress
+        )
+
+    def _check_nan(self, loss):
+        if torch.isfinite(loss).all():
+            return
+        if os.path.isfile(self.saved_model_file):
+            kept = f"The last good checkpoint is kept at {self.saved_model_file}."
+        else:
+            kept = "No checkpoint had been saved yet."
+        raise TrainingDivergedError(
+            f"Training stopped: the loss of {self.config['model']} became "
+            f"{loss.item()} in epoch {self._current_epoch}. {kept} Lower "
+            "learning_rate, set clip_grad_norm, or check the data."
+        )
+
+
+class Trainer(SafeCheckpointMixin, RecBoleTrainer):
+    """The plugin's default trainer: RecBole's, with safe checkpoints."""
+
+
+_SAFE_CLASSES = {}
+
+
+def make_safe(trainer_class):
+    """Return ``trainer_class`` with :class:`SafeCheckpointMixin` mixed in."""
+    if issubclass(trainer_class, SafeCheckpointMixin):
+        return trainer_class
+    if trainer_class not in _SAFE_CLASSES:
+        _SAFE_CLASSES[trainer_class] = type(
+            trainer_class.__name__, (SafeCheckpointMixin, trainer_class), {}
+        )
+    return _SAFE_CLASSES[trainer_class]
