@@ -17,6 +17,7 @@ run stops before any work with a message that says what to change.
 import importlib.resources
 import logging
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -190,7 +191,10 @@ def _check_dataset_files(config, looked_in):
     dataset = config["dataset"]
     data_dir = Path(config["data_path"])
     if config["benchmark_filename"]:
-        wanted = [data_dir / f"{dataset}.{part}.inter" for part in config["benchmark_filename"]]
+        wanted = [
+            data_dir / f"{dataset}.{part}.inter"
+            for part in config["benchmark_filename"]
+        ]
     else:
         wanted = [data_dir / f"{dataset}.inter"]
     missing = [str(p) for p in wanted if not p.is_file()]
@@ -265,8 +269,9 @@ def _check_cmd_types(config, cmd_args):
         if not ok:
             raise ConfigError(
                 f"--{key}={cmd_args[key]} cannot be read as a {expected.__name__} "
-                f"(the default is {default!r}). Give e.g. --{key}={default!r}."
-                .replace("'", "")
+                f"(the default is {default!r}). Give e.g. --{key}={default!r}.".replace(
+                    "'", ""
+                )
             )
 
 
@@ -335,7 +340,12 @@ def build_config(
             cmd_args=cmd_args,
         )
     except NotImplementedError as error:  # RecBole's unknown-metric error
-        raise ConfigError(f"{error}. Available metrics: {', '.join(sorted(metric_types))}.") from error
+        match = re.search(r"named '(.*)'", str(error))
+        metric = match.group(1) if match else str(error)
+        raise ConfigError(
+            f"Unknown metric '{metric}'.{_closest(metric, list(metric_types))} "
+            f"Available metrics: {', '.join(sorted(metric_types))}."
+        ) from error
     except (ValueError, TypeError) as error:
         if isinstance(error, ConfigError):
             raise

@@ -51,7 +51,9 @@ def create_dataset(config):
     elif hasattr(recbole_data, class_name):
         dataset_class = getattr(recbole_data, class_name)
     else:
-        dataset_class = getattr(recbole_data, _TYPE_TO_DATASET[config["MODEL_TYPE"].name])
+        dataset_class = getattr(
+            recbole_data, _TYPE_TO_DATASET[config["MODEL_TYPE"].name]
+        )
     return dataset_class(config)
 
 
@@ -76,16 +78,16 @@ def data_preparation(config, dataset):
         set_color("[Training]: ", "pink")
         + set_color("train_batch_size", "cyan")
         + " = "
-        + set_color(f'[{config["train_batch_size"]}]', "yellow")
+        + set_color(f"[{config['train_batch_size']}]", "yellow")
     )
     logger.info(
         set_color("[Evaluation]: ", "pink")
         + set_color("eval_batch_size", "cyan")
         + " = "
-        + set_color(f'[{config["eval_batch_size"]}]', "yellow")
+        + set_color(f"[{config['eval_batch_size']}]", "yellow")
         + set_color(" eval_args", "cyan")
         + ": "
-        + set_color(f'[{config["eval_args"]}]', "yellow")
+        + set_color(f"[{config['eval_args']}]", "yellow")
     )
     return train_data, valid_data, test_data
 

@@ -8,6 +8,7 @@ error; ours says what is available and suggests the closest name.
 
 import difflib
 import importlib
+import importlib.util
 import pkgutil
 
 from recbole.utils import ModelType
@@ -95,9 +96,7 @@ def check_choice(config, key, choices):
     if value not in choices:
         allowed = ", ".join(map(str, choices))
         hint = _closest(str(value), [str(c) for c in choices])
-        raise ConfigError(
-            f"{key}={value!r} is invalid: choose one of {allowed}.{hint}"
-        )
+        raise ConfigError(f"{key}={value!r} is invalid: choose one of {allowed}.{hint}")
     return value
 
 
@@ -120,29 +119,36 @@ def _plugin_model_modules():
 
 
 def available_models():
-    """Names of the models the run command accepts: the plugin's, then RecBole's."""
+    """Names of the models the run command accepts: the plugin's and RecBole's."""
     names = []
     for module_name in _plugin_model_modules():
         module = importlib.import_module(f"recbole_diffusion.model.{module_name}")
-        names += [
-            attr
-            for attr in dir(module)
-            if attr.lower() == module_name and isinstance(getattr(module, attr), type)
-        ]
+        names += _classes_named_like(module, module_name)
     for package in _RECBOLE_MODEL_PACKAGES:
-        package_module = importlib.import_module(f"recbole.model.{package}")
-        names += [
-            attr
-            for attr in getattr(package_module, "__dict__", {})
-            if isinstance(getattr(package_module, attr), type)
-            and attr.lower() in _recbole_modules(package)
-        ]
+        for module_name in _recbole_modules(package):
+            try:
+                module = importlib.import_module(
+                    f"recbole.model.{package}.{module_name}"
+                )
+            except ImportError:  # an optional library (lightgbm, xgboost) is absent
+                continue
+            names += _classes_named_like(module, module_name)
     return sorted(set(names), key=str.lower)
 
 
+def _classes_named_like(module, module_name):
+    return [
+        attr
+        for attr, value in vars(module).items()
+        if attr.lower() == module_name and isinstance(value, type)
+    ]
+
+
 def _recbole_modules(package):
-    package_module = importlib.import_module(f"recbole.model.{package}")
-    return {m.name for m in pkgutil.iter_modules(package_module.__path__)}
+    # find_spec does not run the package's __init__, which for exlib_recommender
+    # imports lightgbm and xgboost.
+    spec = importlib.util.find_spec(f"recbole.model.{package}")
+    return {m.name for m in pkgutil.iter_modules(spec.submodule_search_locations)}
 
 
 def get_model(model_name):
@@ -163,7 +169,13 @@ def get_model(model_name):
         # import a module that exists, so a missing library is not misreported.
         if module_name not in _recbole_modules(package):
             continue
-        module = importlib.import_module(f"recbole.model.{package}.{module_name}")
+        try:
+            module = importlib.import_module(f"recbole.model.{package}.{module_name}")
+        except ImportError as error:
+            raise ConfigError(
+                f"Model '{model_name}' needs the optional library '{error.name}': "
+                f"install it with pip install {error.name}."
+            ) from error
         if hasattr(module, model_name):
             return getattr(module, model_name)
     names = available_models()

@@ -79,7 +79,9 @@ class WholeSequenceDataset(SequentialDataset):
         # Position len-1 predicts the row's own target; positions past the
         # sequence were padding in item_seq and stay 0 here.
         targets[torch.arange(len(seq_len)), seq_len - 1] = new_inter[self.iid_field]
-        targets[torch.arange(item_seq.shape[1]).unsqueeze(0) >= seq_len.unsqueeze(1)] = 0
+        targets[
+            torch.arange(item_seq.shape[1]).unsqueeze(0) >= seq_len.unsqueeze(1)
+        ] = 0
         new_inter[self.target_list_field] = targets
 
         whole = train_dataset.copy(new_inter)

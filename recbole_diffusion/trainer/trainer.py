@@ -51,7 +51,9 @@ class SafeCheckpointMixin:
         torch.save(state, partial_file)
         os.replace(partial_file, saved_model_file)
         if verbose:
-            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+            self.logger.info(
+                set_color("Saving current", "blue") + f": {saved_model_file}"
+            )
 
     def _load_model_state(self, checkpoint, checkpoint_file):
         stored = checkpoint.get("config", {})
