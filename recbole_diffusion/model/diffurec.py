@@ -165,6 +165,9 @@ class DiffuRec(SequentialRecommender):
     """
 
     input_type = InputType.POINTWISE
+    # Cut batches to their longest real sequence before the Transformer; the
+    # key padding masks make this exact. Benchmarks turn it off to measure it.
+    trim_padding = True
 
     @classmethod
     def validate_config(cls, config):
@@ -282,7 +285,7 @@ class DiffuRec(SequentialRecommender):
         Returns ``(history [B L' H], padding_mask [B L'] True at pads,
         last_index [B])`` with ``L' = item_seq_len.max()``.
         """
-        longest = int(item_seq_len.max())
+        longest = int(item_seq_len.max()) if self.trim_padding else item_seq.shape[1]
         item_seq = item_seq[:, :longest]  # [B L']
         history = self.embedding_norm(
             self.embedding_dropout(self.item_embedding(item_seq))
