@@ -6,7 +6,8 @@ Lowest to highest precedence:
 2. ``props/overall.yaml``: plugin-wide settings (CE loss, metrics, full ranking);
 3. ``props/<Model>.yaml``, then ``props/<Model>-<Variant>.yaml`` when the model
    is named with a variant (``DiffuRecSys-V1``);
-4. ``props/datasets/<dataset>.yaml`` when the dataset has one;
+4. ``props/datasets/<dataset>.yaml`` when the dataset has one, then
+   ``props/<Model>/<dataset>.yaml`` (a model's settings for that dataset);
 5. the user's config files, in the order given;
 6. ``config_dict`` (Python API), then ``--key=value`` from the command line.
 
@@ -126,15 +127,21 @@ class Config(RecBoleConfig):
             "nccl" if use_cuda else "gloo"
         )
         local_rank = self.final_config_dict["local_rank"]
+        # RecBole has no defaults for these: one machine, nproc processes.
+        settings = self.final_config_dict
+        settings.setdefault("nproc", 1)
+        if not settings.get("world_size") or settings["world_size"] <= 0:
+            settings["world_size"] = settings["nproc"]
+        settings["offset"] = settings.get("offset") or 0
+        settings["ip"] = settings.get("ip") or "localhost"
+        settings["port"] = settings.get("port") or 5678
+        settings["backend"] = backend
         if not dist.is_initialized():
             dist.init_process_group(
                 backend=backend,
-                rank=local_rank + self.final_config_dict["offset"],
-                world_size=self.final_config_dict["world_size"],
-                init_method="tcp://"
-                + str(self.final_config_dict["ip"])
-                + ":"
-                + str(self.final_config_dict["port"]),
+                rank=local_rank + settings["offset"],
+                world_size=settings["world_size"],
+                init_method=f"tcp://{settings['ip']}:{settings['port']}",
             )
         if use_cuda:
             self.final_config_dict["device"] = torch.device("cuda", local_rank)
@@ -313,6 +320,10 @@ def build_config(
     dataset_file = props_dir() / "datasets" / f"{dataset}.yaml"
     if dataset_file.is_file():
         files.append(dataset_file)
+    # A model's settings for one dataset (e.g. the paper's T per dataset).
+    model_dataset_file = props_dir() / model_class.__name__ / f"{dataset}.yaml"
+    if model_dataset_file.is_file():
+        files.append(model_dataset_file)
     for path in files:
         _load_yaml_file(path, "Property file")
     files += [str(Path(p)) for p in user_files]

@@ -25,6 +25,9 @@ __all__ = [
     "run_recbole_diffusion",
 ]
 
+# Set per process by a multi-process run (see recbole_diffusion.distributed).
+_DISTRIBUTED_KEYS = ("local_rank", "world_size", "nproc", "ip", "port", "offset")
+
 _TYPE_TO_DATASET = {
     "GENERAL": "Dataset",
     "SEQUENTIAL": "SequentialDataset",
@@ -167,7 +170,14 @@ def run_recbole_diffusion(
         "test_result": test_result,
         "model_file": trainer.saved_model_file if saved else None,
         "config": config,
+        # Internal ids of the users the test evaluated (all processes under DDP).
+        "test_users": _evaluated_users(trainer),
     }
+
+
+def _evaluated_users(trainer):
+    users = getattr(trainer.eval_collector, "evaluated_users", None)
+    return None if users is None else users.tolist()
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):
@@ -202,7 +212,13 @@ def load_data_and_model(model_file, config_dict=None):
     """
     checkpoint = load_checkpoint(model_file)
     stored = checkpoint["config"]
-    overrides = dict(stored["external"])
+    # A checkpoint written by a multi-process run stores its rank and address;
+    # loading it is a one-process job.
+    overrides = {
+        key: value
+        for key, value in stored["external"].items()
+        if key not in _DISTRIBUTED_KEYS
+    }
     overrides.update(config_dict or {})
     config = build_config(
         model=stored["model_variant"], dataset=stored["dataset"], config_dict=overrides

@@ -11,6 +11,7 @@ from recbole_diffusion.trainer.checkpoint import (
     load_checkpoint,
     plain_config,
 )
+from recbole_diffusion.trainer.distributed import DistributedTrainerMixin
 
 __all__ = ["SafeCheckpointMixin", "Trainer", "TrainingDivergedError", "make_safe"]
 
@@ -116,19 +117,26 @@ class SafeCheckpointMixin:
         )
 
 
-class Trainer(SafeCheckpointMixin, RecBoleTrainer):
-    """The plugin's default trainer: RecBole's, with safe checkpoints."""
+class Trainer(DistributedTrainerMixin, SafeCheckpointMixin, RecBoleTrainer):
+    """The plugin's default trainer: RecBole's, with safe checkpoints and DDP fixes."""
 
 
 _SAFE_CLASSES = {}
 
 
 def make_safe(trainer_class):
-    """Return ``trainer_class`` with :class:`SafeCheckpointMixin` mixed in."""
-    if issubclass(trainer_class, SafeCheckpointMixin):
+    """Return ``trainer_class`` with :class:`SafeCheckpointMixin` and
+    :class:`DistributedTrainerMixin` mixed in (the DDP mixin first, so that it
+    waits for rank 0's checkpoint before the checkpoint mixin loads it)."""
+    mixins = tuple(
+        mixin
+        for mixin in (DistributedTrainerMixin, SafeCheckpointMixin)
+        if not issubclass(trainer_class, mixin)
+    )
+    if not mixins:
         return trainer_class
     if trainer_class not in _SAFE_CLASSES:
         _SAFE_CLASSES[trainer_class] = type(
-            trainer_class.__name__, (SafeCheckpointMixin, trainer_class), {}
+            trainer_class.__name__, (*mixins, trainer_class), {}
         )
     return _SAFE_CLASSES[trainer_class]

@@ -1,0 +1,1 @@
+"""Per-dataset property files of CDDRec (``props/CDDRec/<dataset>.yaml``)."""

@@ -1,0 +1,1 @@
+"""Search spaces for --tune: one <Model>.hyper per model (RecBole format)."""

@@ -1,0 +1,605 @@
+"""CDDRec: decoder masks, batch independence, losses, negatives, augmentations, runs."""
+
+import os
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from recbole.data.interaction import Interaction
+
+import recbole_diffusion.config as config_module
+from recbole_diffusion.config import build_config, props_dir
+from recbole_diffusion.data import TARGET_LIST_PREFIX, WholeSequenceDataset
+from recbole_diffusion.model.cddrec import CDDRec
+from recbole_diffusion.quick_start import build_pipeline, run_recbole_diffusion
+from recbole_diffusion.utils import ConfigError
+
+N_ITEMS = 21  # item ids 1..20, 0 is padding; the mask token is 21
+TARGET_SEQ = TARGET_LIST_PREFIX + "item_id_list"
+SEQUENCES = [[3, 4, 5], [7, 1, 2, 9, 11], [12, 13], [2, 4, 6, 8, 10, 12]]
+
+
+class _Dataset:
+    """What SequentialRecommender reads from a dataset: the item count."""
+
+    def num(self, field):
+        return N_ITEMS
+
+
+def make_config(**overrides):
+    """The yaml defaults, shrunk to test size, as a plain dict."""
+    with open(os.path.join(props_dir(), "CDDRec.yaml")) as handle:
+        config = yaml.safe_load(handle)
+    config.update(
+        USER_ID_FIELD="user_id",
+        ITEM_ID_FIELD="item_id",
+        LIST_SUFFIX="_list",
+        ITEM_LIST_LENGTH_FIELD="item_length",
+        NEG_PREFIX="neg_",
+        device="cpu",
+        hidden_size=16,
+        inner_size=32,
+        n_heads=2,
+        diffusion_steps=6,
+        MAX_ITEM_LIST_LENGTH=6,
+    )
+    config.update(overrides)
+    return config
+
+
+def make_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return CDDRec(make_config(**overrides), _Dataset())
+
+
+def make_batch(sequences=SEQUENCES, width=6, last_targets=None):
+    """Training-style rows: right-padded inputs and the next item everywhere."""
+    rows, targets = [], []
+    for index, sequence in enumerate(sequences):
+        last = last_targets[index] if last_targets else sequence[-1] % 20 + 1
+        padding = [0] * (width - len(sequence))
+        rows.append(list(sequence) + padding)
+        targets.append(list(sequence[1:]) + [last] + padding)
+    return Interaction(
+        {
+            "item_id_list": torch.tensor(rows),
+            "item_length": torch.tensor([len(s) for s in sequences]),
+            "item_id": torch.tensor(
+                [t[len(s) - 1] for t, s in zip(targets, sequences)]
+            ),
+            TARGET_SEQ: torch.tensor(targets),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- #
+# property files and the per-dataset settings
+# --------------------------------------------------------------------------- #
+CDDREC_FILES = [
+    "CDDRec.yaml",
+    "CDDRec-beauty.yaml",
+    "CDDRec-toys.yaml",
+    "CDDRec/amazon-beauty.yaml",
+    "CDDRec/amazon-toys.yaml",
+]
+
+
+@pytest.mark.parametrize("name", CDDREC_FILES)
+def test_property_files_have_one_annotated_key_per_line(name):
+    for line in (props_dir() / name).read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert re.match(r"^\w+: \S+ +# \((int|float|str|bool)\) \S", line), line
+
+
+def test_defaults_are_the_papers():
+    defaults = yaml.safe_load((props_dir() / "CDDRec.yaml").read_text())
+    expected = {
+        "n_layers": 1,
+        "n_heads": 4,
+        "hidden_size": 128,
+        "hidden_dropout_prob": 0.0,
+        "attn_dropout_prob": 0.2,
+        "decoder_dropout_prob": 0.2,
+        "initializer_range": 0.02,
+        "diffusion_steps": 20,
+        "noise_schedule": "linear",
+        "beta_start": 1e-4,
+        "beta_end": 0.002,
+        "tau": 0.5,
+        "cl_weight": 0.3,
+        "aug_crop_ratio": 0.6,
+        "aug_mask_ratio": 0.3,
+        "aug_reorder_ratio": 0.6,
+        "cd_score": "dot",
+        "score": "cos",
+        "train_batch_size": 128,
+        "learning_rate": 0.001,
+    }
+    assert {key: defaults[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    "model, dataset, steps, length",
+    [
+        ("CDDRec", "amazon-beauty", 30, 20),
+        ("CDDRec", "amazon-toys", 25, 20),
+        ("CDDRec", "ml-1m", 20, 50),
+        ("CDDRec-beauty", "tiny", 30, 20),
+        ("CDDRec-toys", "tiny", 25, 20),
+    ],
+)
+def test_paper_settings_per_dataset(model, dataset, steps, length, tiny_config):
+    overrides = {"data_path": tiny_config["data_path"]} if dataset == "tiny" else {}
+    config = build_config(model=model, dataset=dataset, config_dict=overrides)
+    assert config["model"] == "CDDRec"
+    assert config["diffusion_steps"] == steps
+    assert config["beta_end"] == 0.002
+    assert config["MAX_ITEM_LIST_LENGTH"] == length
+
+
+def test_variants_and_dataset_files_agree_and_user_settings_win():
+    for variant, dataset in [("beauty", "amazon-beauty"), ("toys", "amazon-toys")]:
+        variant_file = yaml.safe_load(
+            (props_dir() / f"CDDRec-{variant}.yaml").read_text()
+        )
+        dataset_file = yaml.safe_load(
+            (props_dir() / "CDDRec" / f"{dataset}.yaml").read_text()
+        )
+        assert variant_file == dataset_file
+    config = build_config(
+        model="CDDRec",
+        dataset="amazon-beauty",
+        config_dict={"diffusion_steps": 7},
+        cmd_args={"MAX_ITEM_LIST_LENGTH": "9"},
+    )
+    assert (config["diffusion_steps"], config["MAX_ITEM_LIST_LENGTH"]) == (7, 9)
+
+
+def test_model_dataset_file_comes_after_dataset_props_and_before_user_files(
+    tmp_path, monkeypatch, tiny_config
+):
+    """The config.py layer ``props/<Model>/<dataset>.yaml``, in isolation."""
+    root = tmp_path / "props"
+    (root / "datasets").mkdir(parents=True)
+    (root / "CDDRec").mkdir()
+    for name in ("overall.yaml", "CDDRec.yaml", "DuoRec.yaml"):
+        (root / name).write_text((props_dir() / name).read_text())
+    layers = {
+        root / "datasets" / "tiny.yaml": {"p_a": "dataset", "p_b": "dataset"},
+        root / "CDDRec" / "tiny.yaml": {"p_a": "model_dataset", "p_b": "model_dataset"},
+        tmp_path / "user.yaml": {"p_b": "user"},
+    }
+    for path, content in layers.items():
+        path.write_text(yaml.safe_dump(content))
+    monkeypatch.setattr(config_module, "props_dir", lambda: root)
+    config = build_config(
+        model="CDDRec",
+        dataset="tiny",
+        config_file_list=[str(tmp_path / "user.yaml")],
+        config_dict=tiny_config,
+    )
+    assert (config["p_a"], config["p_b"]) == ("model_dataset", "user")
+    other = build_config(model="DuoRec", dataset="tiny", config_dict=tiny_config)
+    assert other["p_a"] == "dataset"
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("cd_score", "cos"),
+        ("score", "kl"),
+        ("tau", 0),
+        ("cl_weight", -0.1),
+        ("diffusion_steps", 0),
+        ("beta_end", 1.5),
+        ("noise_schedule", "square"),
+        ("aug_crop_ratio", 0.0),
+        ("aug_reorder_ratio", 1.2),
+        ("aug_mask_ratio", 1.0),
+        ("decoder_dropout_prob", 1.0),
+        ("step_chunk_size", 0),
+        ("hidden_size", 15),
+    ],
+)
+def test_invalid_hyperparameters_are_refused(key, value):
+    with pytest.raises(ConfigError, match=key):
+        make_model(**{key: value})
+
+
+def test_pipeline_refuses_before_loading_data(tiny_config):
+    with pytest.raises(ConfigError, match="cd_score"):
+        build_config("CDDRec", "tiny", config_dict={**tiny_config, "cd_score": "l2"})
+
+
+# --------------------------------------------------------------------------- #
+# encoder and decoder: causality, padding, users kept apart
+# --------------------------------------------------------------------------- #
+def test_decoder_attends_causally_and_never_to_padding():
+    model = make_model().eval()
+    batch = make_batch()
+    item_seq = batch["item_id_list"]
+    steps = torch.arange(model.num_steps)
+    with torch.no_grad():
+        context = model.encode(item_seq)
+        _, probs = model.decoder(context, item_seq != 0, steps, return_attention=True)
+    length = item_seq.size(1)
+    future = torch.ones(length, length, dtype=torch.bool).triu(1)  # [Lq Lk]
+    padded_key = (item_seq == 0)[:, None, :]  # [B 1 Lk]
+    forbidden = future.unsqueeze(0) | padded_key  # [B Lq Lk]
+    assert probs.shape == (4, model.num_steps, 2, length, length)
+    assert probs.masked_select(forbidden[:, None, None]).abs().max() == 0
+    # Every real query attends somewhere: its weights sum to one.
+    assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-6)
+
+
+def test_changing_a_later_item_leaves_earlier_positions_unchanged():
+    model = make_model().eval()
+    item_seq = make_batch()["item_id_list"]
+    changed = item_seq.clone()
+    changed[1, 3] = 17  # position 3 of a sequence of length 5
+    steps = torch.arange(model.num_steps)
+    with torch.no_grad():
+        before = model.denoise(item_seq, steps)  # [B S L H]
+        after = model.denoise(changed, steps)
+    assert torch.allclose(before[:, :, :3], after[:, :, :3], atol=1e-6)
+    assert not torch.allclose(before[1, :, 3:5], after[1, :, 3:5], atol=1e-3)
+    assert torch.allclose(before[[0, 2, 3]], after[[0, 2, 3]], atol=1e-6)
+
+
+def test_padding_states_never_reach_real_positions():
+    model = make_model().eval()
+    item_seq = make_batch()["item_id_list"]
+    real = item_seq != 0
+    steps = torch.arange(model.num_steps)
+    with torch.no_grad():
+        context = model.encode(item_seq)
+        garbage = context.masked_scatter(~real.unsqueeze(-1), torch.randn_like(context))
+        clean = model.decoder(context, real, steps)
+        noisy = model.decoder(garbage, real, steps)
+    real_positions = real[:, None, :, None].expand_as(clean)
+    assert torch.allclose(clean[real_positions], noisy[real_positions], atol=1e-6)
+    assert not torch.allclose(clean, noisy, atol=1e-3)  # padded queries do change
+
+
+def test_users_in_a_batch_do_not_influence_each_other():
+    model = make_model().eval()
+    batch = make_batch()
+    order = torch.tensor([2, 0, 3, 1])
+    shuffled = Interaction({key: batch[key][order] for key in batch.interaction})
+    steps = torch.arange(model.num_steps)
+    with torch.no_grad():
+        outputs = model.denoise(batch["item_id_list"], steps)
+        shuffled_outputs = model.denoise(shuffled["item_id_list"], steps)
+        alone = model.denoise(batch["item_id_list"][1:2], steps)
+        scores = model.full_sort_predict(batch)
+        shuffled_scores = model.full_sort_predict(shuffled)
+    assert torch.allclose(shuffled_outputs, outputs[order], atol=1e-6)
+    assert torch.allclose(alone[0], outputs[1], atol=1e-6)
+    assert torch.allclose(shuffled_scores, scores[order], atol=1e-6)
+
+
+def test_inference_is_step_zero_mean_at_the_last_position():
+    model = make_model().eval()
+    batch = make_batch()
+    lengths = batch["item_length"]
+    with torch.no_grad():
+        every = model.denoise(batch["item_id_list"], torch.tensor([0]))[:, 0]
+        preference = model.forward(batch["item_id_list"], lengths)
+        again = model.forward(batch["item_id_list"], lengths)
+    assert torch.allclose(preference, every[torch.arange(4), lengths - 1], atol=1e-6)
+    assert torch.equal(preference, again)  # the mean: no noise at inference
+
+
+@pytest.mark.parametrize("score", ["cos", "dot"])
+def test_predict_agrees_with_full_sort_predict(score):
+    model = make_model(score=score).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        full = model.full_sort_predict(batch)
+        single = model.predict(batch)
+    assert full.shape == (4, N_ITEMS)  # the mask token is never ranked
+    assert torch.allclose(single, full[torch.arange(4), batch["item_id"]], atol=1e-6)
+    if score == "cos":
+        assert full.abs().max() <= 1 + 1e-6
+
+
+def test_mask_token_has_its_own_vector():
+    model = make_model()
+    masked = torch.tensor([[3, model.mask_token_id, 0]])
+    embedded = model.embed_items(masked)
+    assert torch.equal(embedded[0, 1], model.mask_embedding)
+    assert torch.equal(embedded[0, 0], model.item_embedding.weight[3])
+
+
+# --------------------------------------------------------------------------- #
+# losses
+# --------------------------------------------------------------------------- #
+def _groups(model):
+    return {
+        "encoder": list(model.trm_encoder.parameters()),
+        "decoder": [
+            p for n, p in model.decoder.named_parameters() if "step_embedding" not in n
+        ],
+        "step embedding": [model.decoder.step_embedding.weight],
+        "item embedding": [model.item_embedding.weight],
+    }
+
+
+@pytest.mark.parametrize("term", ["cd", "in_view", "cross_view"])
+def test_each_loss_term_is_positive_finite_and_reaches_every_part(term):
+    model = make_model()
+    torch.manual_seed(3)
+    value = model.loss_terms(make_batch())[term]
+    assert torch.isfinite(value) and value > 0
+    value.backward()
+    for name, parameters in _groups(model).items():
+        grads = [p.grad for p in parameters if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads), (term, name)
+    # All T steps are trained: every row of the step table gets a gradient.
+    assert (model.decoder.step_embedding.weight.grad.abs().sum(1) > 0).all()
+
+
+@pytest.mark.parametrize("cd_score", ["dot", "kl"])
+def test_total_loss_combines_terms_with_weight(cd_score):
+    model = make_model(cd_score=cd_score, cl_weight=0.7)
+    batch = make_batch()
+    torch.manual_seed(4)
+    terms = model.loss_terms(batch)
+    torch.manual_seed(4)
+    loss = model.calculate_loss(batch)
+    expected = terms["cd"] + 0.7 * (terms["in_view"] + terms["cross_view"])
+    assert torch.allclose(loss, expected)
+
+
+def test_step_loss_follows_eq_2_4_5_and_weight(monkeypatch):
+    """One step by hand: x_hat = mu + sqrt(v) z, pos = q_sample, weight 1/(i+1)."""
+    model = make_model().eval()
+    batch = make_batch()
+    step = 3
+    noise = {}
+
+    def recorded_randn_like(tensor):
+        noise[len(noise)] = torch.randn(tensor.shape)
+        return noise[len(noise) - 1]
+
+    item_seq, targets = batch["item_id_list"], batch[TARGET_SEQ]
+    rows, positions = (targets > 0).nonzero(as_tuple=True)
+    tokens = (rows, positions)
+    x0 = model.item_embedding(targets[targets > 0])
+    negative_emb = model.item_embedding(torch.full_like(rows, 20))
+    context = model.encode(item_seq)
+    steps = torch.tensor([step])
+    pair_mask = torch.zeros_like(rows, dtype=torch.bool)
+    monkeypatch.setattr(torch, "randn_like", recorded_randn_like)
+    cd, _, _ = model._step_losses(
+        context, item_seq != 0, tokens, x0, negative_emb, pair_mask, steps
+    )
+    mu = model.decoder.decode_tokens(context, item_seq != 0, steps, rows, positions)[0]
+    diffusion = model.diffusion
+    x_hat = mu + diffusion.posterior_variance[step].sqrt() * noise[0][0]
+    positive = (
+        diffusion.sqrt_alphas_cumprod[step] * x0
+        + diffusion.sqrt_one_minus_alphas_cumprod[step] * noise[1][0]
+    )
+    by_hand = (
+        -torch.log(torch.sigmoid((x_hat * positive).sum(-1)))
+        - torch.log(1 - torch.sigmoid((x_hat * negative_emb).sum(-1)))
+    ).mean() / (step + 1)
+    assert torch.allclose(cd, by_hand, atol=1e-6)
+
+
+def test_kl_score_is_minus_the_gaussian_kl():
+    model = make_model(cd_score="kl")
+    a, b = torch.randn(2, 3, 16), torch.randn(2, 3, 16)
+    steps = torch.tensor([0, 4])
+    variance = model.diffusion.posterior_variance
+    expected = -((a - b) ** 2).sum(-1) / (2 * variance[[1, 4]].unsqueeze(1))
+    assert torch.allclose(model.divergence_score(a, b, steps), expected)
+
+
+def test_info_nce_matches_direct_computation():
+    model = make_model(tau=0.7)
+    torch.manual_seed(1)
+    view_a, view_b = torch.randn(2, 4, 5), torch.randn(2, 4, 5)
+    for step in range(2):
+        z = F.normalize(torch.cat([view_a[step], view_b[step]]), dim=-1)
+        n = len(z)
+        expected = 0.0
+        for k in range(n):
+            partner = (k + n // 2) % n
+            others = torch.stack(
+                [torch.exp(z[k] @ z[m] / 0.7) for m in range(n) if m != k]
+            )
+            expected += -torch.log(torch.exp(z[k] @ z[partner] / 0.7) / others.sum())
+        assert torch.allclose(
+            model.info_nce(view_a, view_b)[step], expected / n, atol=1e-5
+        )
+
+
+def test_only_real_targets_are_trained_and_steps_run_in_one_call(monkeypatch):
+    model = make_model()
+    batch = make_batch()
+    calls = []
+    original = model.decoder.decode_tokens
+
+    def spy(context, real, steps, batch_index, position_index, **kwargs):
+        calls.append((context.shape, steps.clone(), batch_index, position_index))
+        return original(context, real, steps, batch_index, position_index, **kwargs)
+
+    monkeypatch.setattr(model.decoder, "decode_tokens", spy)
+    encodes = []
+    original_encode = model.encode
+    monkeypatch.setattr(
+        model, "encode", lambda seq: encodes.append(seq.shape) or original_encode(seq)
+    )
+    model.calculate_loss(batch)
+    assert encodes == [(8, 6)]  # the sequences and their views, together
+    assert len(calls) == 1
+    shape, steps, rows, positions = calls[0]
+    assert shape[0] == 8 and torch.equal(steps, torch.arange(model.num_steps))
+    targets = batch[TARGET_SEQ]
+    n_targets = int((targets > 0).sum())
+    original_tokens = set(
+        zip(rows[:n_targets].tolist(), positions[:n_targets].tolist())
+    )
+    assert original_tokens == set(map(tuple, (targets > 0).nonzero().tolist()))
+    assert (rows[n_targets:] >= 4).all()  # the rest are augmented-view tokens
+
+
+def test_step_chunks_give_the_same_loss_and_gradients():
+    """Chunked steps (recomputed in backward) equal one call over all steps."""
+    batch = make_batch()
+    results = []
+    for chunk in (None, 2):
+        model = make_model(step_chunk_size=chunk).eval()  # no dropout
+        # Chunks draw the per-step noise in another order: switch it off.
+        model.diffusion.posterior_variance.zero_()
+        model.diffusion.sqrt_one_minus_alphas_cumprod.zero_()
+        torch.manual_seed(9)
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        results.append((loss.detach(), model.item_embedding.weight.grad.clone()))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-5)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+    model = make_model(step_chunk_size=4)  # training mode, with noise
+    assert torch.isfinite(model.calculate_loss(batch))
+
+
+def test_loss_is_deterministic_under_a_seed():
+    batch = make_batch()
+    losses = []
+    for _ in range(2):
+        model = make_model(seed=5)
+        torch.manual_seed(11)
+        losses.append(model.calculate_loss(batch))
+    assert torch.equal(losses[0], losses[1])
+    torch.manual_seed(12)
+    assert not torch.equal(model.calculate_loss(batch), losses[0])
+
+
+# --------------------------------------------------------------------------- #
+# negatives and augmentations
+# --------------------------------------------------------------------------- #
+def test_negatives_never_come_from_the_users_row_and_are_uniform():
+    model = make_model()
+    batch = make_batch()
+    item_seq, targets = batch["item_id_list"], batch[TARGET_SEQ]
+    repeats = 400
+    torch.manual_seed(0)
+    negatives = model.sample_negatives(
+        item_seq.repeat(repeats, 1), targets.repeat(repeats, 1)
+    )
+    for row in range(4):
+        members = set(item_seq[row].tolist()) | set(targets[row].tolist())
+        drawn = negatives[row::4].flatten()
+        allowed = set(range(1, N_ITEMS)) - members
+        assert set(drawn.tolist()) == allowed
+        counts = torch.bincount(drawn, minlength=N_ITEMS)[sorted(allowed)].float()
+        expected = drawn.numel() / len(allowed)
+        assert (counts - expected).abs().max() < 0.25 * expected
+
+
+def test_negative_of_a_row_missing_one_item_is_that_item():
+    model = make_model()
+    item_seq = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+    targets = torch.tensor([[11, 12, 13, 14, 15, 16, 18, 19, 20, 20]])  # 17 absent
+    negatives = model.sample_negatives(item_seq, targets)
+    assert (negatives == 17).all()
+
+
+LONG = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0, 0]])
+
+
+def _many(sequence, length, repeats=200):
+    return sequence.repeat(repeats, 1), torch.full((repeats,), length)
+
+
+def test_crop_keeps_a_contiguous_60_percent_window():
+    model = make_model()
+    item_seq, lengths = _many(LONG, 10)
+    cropped, kept, start = model.augment_crop(item_seq, lengths)
+    assert (kept == 6).all()
+    assert set(start.tolist()) == set(range(5))
+    for row in range(len(cropped)):
+        s = int(start[row])
+        assert cropped[row, :6].tolist() == LONG[0, s : s + 6].tolist()
+        assert (cropped[row, 6:] == 0).all()
+    short, short_kept, _ = model.augment_crop(
+        torch.tensor([[4, 0, 0]]), torch.tensor([1])
+    )
+    assert short.tolist() == [[4, 0, 0]] and short_kept.tolist() == [1]
+
+
+def test_mask_replaces_30_percent_of_the_items():
+    model = make_model()
+    item_seq, lengths = _many(LONG, 10)
+    masked, masked_len, offset = model.augment_mask(item_seq, lengths)
+    is_mask = masked == model.mask_token_id
+    assert (is_mask.sum(1) == 3).all() and not is_mask[:, 10:].any()
+    assert torch.equal(masked[~is_mask], item_seq[~is_mask])
+    assert torch.equal(masked_len, lengths) and (offset == 0).all()
+    assert is_mask[:, :10].float().mean(0).min() > 0.1  # any position can be hit
+
+
+def test_reorder_shuffles_a_60_percent_window_only():
+    model = make_model()
+    item_seq, lengths = _many(LONG, 10)
+    reordered, reordered_len, _ = model.augment_reorder(item_seq, lengths)
+    assert torch.equal(reordered_len, lengths)
+    assert torch.equal(reordered.sort(1).values, item_seq.sort(1).values)
+    changed = reordered != item_seq
+    assert (changed[:, 10:] == 0).all()
+    for row in changed:
+        moved = row.nonzero().flatten()
+        if len(moved):
+            assert int(moved.max() - moved.min()) < 6
+    assert changed.any(1).float().mean() > 0.9
+
+
+def test_each_sequence_gets_one_augmentation_drawn_uniformly():
+    model = make_model()
+    item_seq, lengths = _many(LONG, 10, repeats=600)
+    torch.manual_seed(0)
+    augmented, aug_len, offset = model.augment(item_seq, lengths)
+    crop = aug_len == 6
+    mask = (augmented == model.mask_token_id).any(1)
+    reorder = ~crop & ~mask
+    assert not (crop & mask).any()
+    assert (offset[~crop] == 0).all()
+    for chosen in (crop, mask, reorder):
+        assert abs(chosen.float().mean() - 1 / 3) < 0.07
+
+
+# --------------------------------------------------------------------------- #
+# through RecBole's pipeline
+# --------------------------------------------------------------------------- #
+def test_real_batches_are_whole_sequences(tiny_config):
+    _, _, train_data, valid_data, _, model = build_pipeline(
+        model="CDDRec",
+        dataset="tiny",
+        config_dict={**tiny_config, "diffusion_steps": 3},
+    )
+    assert isinstance(train_data._dataset, WholeSequenceDataset)
+    batch = next(iter(train_data))
+    targets = batch[TARGET_SEQ]
+    lengths = batch["item_length"]
+    assert torch.equal((targets > 0).sum(1), lengths)
+    loss = model.calculate_loss(batch)
+    assert torch.isfinite(loss)
+    with torch.no_grad():
+        scores = model.eval().full_sort_predict(next(iter(valid_data))[0])
+    assert torch.isfinite(scores).all()
+
+
+def test_one_epoch_through_the_pipeline(tiny_config):
+    result = run_recbole_diffusion(
+        model="CDDRec",
+        dataset="tiny",
+        config_dict={**tiny_config, "diffusion_steps": 4},
+        saved=False,
+    )
+    assert result["config"]["model"] == "CDDRec"
+    for metric in ("hit@10", "ndcg@10", "mrr@10"):
+        assert 0 <= result["test_result"][metric] <= 1
