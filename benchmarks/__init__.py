@@ -1,0 +1,4 @@
+"""Head-to-head benchmark harness: ``run.py`` trains, ``render.py`` reports.
+
+See ``benchmarks/README.md``.
+"""

@@ -1,0 +1,366 @@
+"""The benchmark harness: runner end to end on the tiny dataset, and the page logic.
+
+No timing is asserted: timings are reported, never tested.
+"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_tiny_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import harness, render  # noqa: E402
+
+TINY_PROTOCOL = """\
+description: seconds-long smoke run on the tiny synthetic dataset
+seeds: [2020, 2021]
+threads: 1
+common:
+  epochs: 2
+  stopping_step: 2
+  train_batch_size: 32
+  eval_batch_size: 64
+  hidden_size: 16
+  embedding_size: 16
+  inner_size: 32
+  MAX_ITEM_LIST_LENGTH: 10
+  worker: 0
+models:
+  GRU4Rec:
+    dropout_prob: 0.2
+"""
+
+
+def _run(args):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def _table_rows(page):
+    """{model: [cells]} of the results table of a rendered page."""
+    section = page.split("## Results", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| ") and not line.startswith("| model"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _number(cell):
+    return float(re.sub(r"</?u>|\*", "", cell).split("±")[0])
+
+
+def test_runner_end_to_end_skips_finished_units_and_renders_raw_numbers(tmp_path):
+    data_path = write_tiny_dataset(str(tmp_path / "data"))
+    inter_file = Path(data_path) / "tiny" / "tiny.inter"
+    interactions = len(inter_file.read_text().splitlines()) - 1
+    protocol = tmp_path / "tiny.yaml"
+    protocol.write_text(TINY_PROTOCOL)
+    results = tmp_path / "results"
+    args = [
+        "--dataset=tiny",
+        "--models=SASRec,GRU4Rec",
+        "--seeds=1",
+        f"--protocol={protocol}",
+        f"--data-path={data_path}",
+        f"--results-dir={results}",
+        f"--work-dir={tmp_path / 'work'}",
+    ]
+    first = _run(args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    raw = results / "raw" / "tiny.tiny.jsonl"
+    records = [json.loads(line) for line in raw.read_text().splitlines()]
+    assert [(r["model"], r["seed"]) for r in records] == [
+        ("SASRec", 2020),
+        ("GRU4Rec", 2020),
+    ]
+    for record in records:
+        assert record["status"] == "ok", record.get("error")
+        assert set(harness.METRICS) <= set(record["metrics"])
+        assert record["best_epoch"] in (0, 1)
+        assert record["epochs_trained"] == 2
+        assert len(record["valid_curve"]) == 2
+        assert record["params"] > 0
+        assert record["users_per_second"] > 0
+        assert record["peak_memory_mb"] > 0
+        assert record["dataset_stats"]["users"] == 60
+        # interactions as loaded, not the augmented rows of the built dataset
+        assert record["dataset_stats"]["interactions"] == interactions
+        assert record["config"]["hidden_size"] == 16
+        assert record["versions"]["recbole"] == "1.2.1"
+        assert record["machine"]["cpu_count"] >= 1
+    gru = records[1]
+    assert gru["overrides"]["dropout_prob"] == 0.2
+    assert gru["config"]["dropout_prob"] == 0.2
+
+    second = _run(args)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "0 units run" in second.stdout and "2 skipped" in second.stdout
+    assert len(raw.read_text().splitlines()) == 2
+
+    page = (results / "tiny.tiny.md").read_text()
+    assert (results / "tiny.tiny.png").is_file()
+    rows = _table_rows(page)
+    for record in records:
+        cells = rows[record["model"]]
+        assert cells[0] == "1"  # seeds
+        for cell, metric in zip(cells[1:], harness.METRICS):
+            assert _number(cell) == pytest.approx(record["metrics"][metric], abs=5e-5)
+    assert "None." in page.split("## Failed or diverged units", 1)[1]
+
+
+def _unit(model, seed, ndcg, status="ok", **metrics):
+    values = {m: ndcg for m in harness.METRICS}
+    values.update(metrics)
+    return {
+        "kind": "unit",
+        "model": model,
+        "seed": seed,
+        "status": status,
+        "metrics": values,
+        "params": 100,
+        "users_per_second": 10.0,
+        "overrides": {"hidden_size": 64},
+        "error": None if status == "ok" else "boom",
+    }
+
+
+def _hand_records():
+    return [
+        _unit("SASRec", 1, 0.10),
+        _unit("SASRec", 2, 0.12),
+        _unit("SASRec", 3, 0.11),
+        _unit("GRU4Rec", 1, 0.05),
+        _unit("GRU4Rec", 2, 0.06),
+        _unit("GRU4Rec", 3, 0.07),
+        _unit("DiffuRec", 1, 0.13),
+        _unit("DiffuRec", 2, 0.14),
+        _unit("DiffuRec", 3, 0.15),
+        _unit("DiffuRecSys", 1, 0.10),
+        _unit("DiffuRecSys", 2, 0.12),
+        # a failed first try of seed 3, then its retry: the retry counts
+        _unit("DiffuRecSys", 3, 0.0, status="failed"),
+        _unit("DiffuRecSys", 3, 0.14),
+        _unit("DuoRec", 1, 0.0, status="diverged"),
+    ]
+
+
+def test_summary_marks_best_bold_second_underlined_and_the_gain():
+    summary = render.summarize(_hand_records())
+    assert list(summary) == ["GRU4Rec", "SASRec", "DiffuRec", "DiffuRecSys"]
+    assert summary["DiffuRecSys"]["n"] == 3
+    assert summary["DiffuRec"]["mean"]["ndcg@10"] == pytest.approx(0.14)
+    assert summary["DiffuRec"]["std"]["ndcg@10"] == pytest.approx(0.01)
+    marks = render.mark_best({m: s["mean"]["ndcg@10"] for m, s in summary.items()})
+    assert marks == {
+        "GRU4Rec": None,
+        "SASRec": None,
+        "DiffuRec": "best",
+        "DiffuRecSys": "second",
+    }
+    assert render.mark_best({"a": 1.0, "b": 1.0, "c": 0.5}) == {
+        "a": "best",
+        "b": "best",
+        "c": "second",
+    }
+    diffusion, baseline, gain = render.improvement(summary, "ndcg@10")
+    assert (diffusion, baseline) == ("DiffuRec", "SASRec")
+    assert gain == pytest.approx(0.14 / 0.11 - 1)
+
+    rows = _table_rows(render.render_page(_hand_records(), "hand", "cpu"))
+    assert rows["DiffuRec"][5] == "**0.1400 ± 0.0100**"  # NDCG@10
+    assert rows["DiffuRecSys"][5] == "<u>0.1200 ± 0.0200</u>"
+    assert rows["SASRec"][5] == "0.1100 ± 0.0100"
+    assert "+27.3% (DiffuRec vs SASRec)" in rows["*best diffusion vs best baseline*"]
+
+
+def test_paired_ttest_is_one_sided_over_shared_seeds():
+    from scipy import stats
+
+    model = {1: 0.13, 2: 0.15, 3: 0.14, 4: 0.2}
+    baseline = {1: 0.10, 2: 0.12, 3: 0.12}
+    result = render.paired_ttest(model, baseline)
+    # paired by seed: seed 4 has no partner and is left out
+    differences = [0.03, 0.03, 0.02]
+    mean = sum(differences) / 3
+    sd = (sum((d - mean) ** 2 for d in differences) / 2) ** 0.5
+    t = mean / (sd / 3**0.5)
+    assert result["n"] == 3
+    assert result["mean_diff"] == pytest.approx(mean)
+    assert result["t"] == pytest.approx(t)
+    assert result["p"] == pytest.approx(stats.t.sf(t, df=2))
+    reverse = render.paired_ttest(baseline, model)
+    assert reverse["p"] == pytest.approx(1 - result["p"])
+    assert render.paired_ttest({1: 0.2}, {1: 0.1})["note"] == "n < 2"
+    constant = render.paired_ttest({1: 0.2, 2: 0.3}, {1: 0.1, 2: 0.2})
+    assert constant["p"] is None and "variance" in constant["note"]
+
+
+def test_page_lists_failed_units_and_tests_against_the_best_baseline():
+    page = render.render_page(_hand_records(), "hand", "cpu")
+    failed = page.split("## Failed or diverged units", 1)[1]
+    assert "DuoRec seed 1: **diverged**: boom" in failed
+    assert "DiffuRecSys seed 3" not in failed  # its retry succeeded
+    significance = page.split("## Significance", 1)[1].split("\n## ", 1)[0]
+    assert "**SASRec**" in significance and "One-sided" in significance
+    line = next(
+        row
+        for row in significance.splitlines()
+        if row.startswith("| DiffuRec | NDCG@10")
+    )
+    expected = render.paired_ttest(
+        {1: 0.13, 2: 0.14, 3: 0.15}, {1: 0.1, 2: 0.12, 3: 0.11}
+    )
+    assert f"{expected['p']:.3f}" in line
+
+
+def test_plan_skips_finished_units_and_reruns_a_changed_protocol(tmp_path):
+    protocol = tmp_path / "p.yaml"
+    protocol.write_text(TINY_PROTOCOL)
+    loaded = harness.load_protocol(str(protocol))
+    overrides = harness.unit_overrides(loaded, "tiny", "GRU4Rec")
+    assert overrides["dropout_prob"] == 0.2 and overrides["hidden_size"] == 16
+    stamp = harness.fingerprint(overrides)
+    records = [
+        {
+            "kind": "unit",
+            "model": "GRU4Rec",
+            "seed": 2020,
+            "status": "ok",
+            "fingerprint": stamp,
+        },
+        {
+            "kind": "unit",
+            "model": "GRU4Rec",
+            "seed": 2021,
+            "status": "failed",
+            "fingerprint": stamp,
+        },
+        {
+            "kind": "unit",
+            "model": "SASRec",
+            "seed": 2020,
+            "status": "ok",
+            "fingerprint": "old",
+        },
+    ]
+    to_run, skipped = harness.plan_units(
+        "tiny", ["GRU4Rec", "SASRec"], 2, loaded, records
+    )
+    assert [(u["model"], u["seed"]) for u in skipped] == [
+        ("GRU4Rec", 2020),
+        ("GRU4Rec", 2021),
+    ]
+    assert [(u["model"], u["seed"]) for u in to_run] == [
+        ("SASRec", 2020),
+        ("SASRec", 2021),
+    ]
+    to_run, _ = harness.plan_units(
+        "tiny", ["GRU4Rec"], 2, loaded, records, retry_failed=True
+    )
+    assert [(u["model"], u["seed"]) for u in to_run] == [("GRU4Rec", 2021)]
+    with pytest.raises(harness.ProtocolError):
+        harness.plan_units("tiny", ["GRU4Rec"], 3, loaded, records)
+
+
+def test_shipped_protocols_load():
+    for name in ("cpu", "paper"):
+        protocol = harness.load_protocol(name)
+        assert len(protocol["seeds"]) >= 3
+        assert protocol["description"]
+
+
+def test_speed_page_gives_ratios_to_sasrec_of_the_same_run():
+    def speed(model, run_id, steps, users, inference=()):
+        return {
+            "kind": "speed",
+            "run_id": run_id,
+            "dataset": "hand",
+            "protocol": "cpu",
+            "model": model,
+            "status": "ok",
+            "params": 10,
+            "train_steps_per_second": steps,
+            "users_per_second": users,
+            "warmup_steps": 3,
+            "train_steps": 20,
+            "inference": list(inference),
+        }
+
+    records = [
+        speed("SASRec", "old", 1.0, 1.0),
+        speed("SASRec", "new", 4.0, 100.0),
+        speed(
+            "DiffuRec",
+            "new",
+            2.0,
+            5.0,
+            [{"inference_steps": 4, "users_per_second": 50.0, "ndcg@10": None}],
+        ),
+    ]
+    page = render.render_speed(records)
+    assert "| DiffuRec | 10 | – | 2.00 | 0.50× | 5.0 | 0.05× |" in page
+    assert "| DiffuRec | 4 | 50.0 | 0.50× | – (no trained model) |" in page
+    assert "run `new`" in page and "run `old`" not in page
+
+
+@pytest.mark.parametrize(
+    "model, extra_field",
+    [
+        ("DiffuRec", "train_steps_per_second_untrimmed"),
+        ("ADRec", "users_per_second_uncached"),
+    ],
+)
+def test_speed_child_measures_trimming_and_cache_switches(tmp_path, model, extra_field):
+    from benchmarks.speed import execute_speed
+
+    data_path = write_tiny_dataset(str(tmp_path / "data"))
+    overrides = {
+        "hidden_size": 16,
+        "inner_size": 32,
+        "MAX_ITEM_LIST_LENGTH": 10,
+        "diffusion_steps": 8,
+        "train_batch_size": 16,
+        "eval_batch_size": 64,
+        "worker": 0,
+    }
+    spec = {
+        "run_id": "t",
+        "dataset": "tiny",
+        "protocol": "tiny",
+        "model": model,
+        "overrides": overrides,
+        "fingerprint": "f",
+        "seed": 2020,
+        "checkpoint_dir": str(tmp_path / "ckpt"),
+        "data_path": data_path,
+        "threads": 1,
+        "train_steps": 2,
+        "warmup_steps": 1,
+        "max_users": 32,
+        "inference_steps": [8, 4],
+        "trained_model_file": None,
+    }
+    record = execute_speed(spec)
+    assert record["status"] == "ok", record["error"]
+    assert record[extra_field] > 0
+    assert [row["inference_steps"] for row in record["inference"]] == [8, 4]
+    sasrec = dict(record, model="SASRec", inference=[])
+    for key in ("train_steps_per_second_untrimmed", "users_per_second_uncached"):
+        sasrec.pop(key, None)
+    page = render.render_speed([sasrec, record])
+    heading = "Trimming padding" if model == "DiffuRec" else "Cached last-token"
+    assert heading in page
