@@ -46,16 +46,28 @@ class UnknownModelError(ConfigError):
 # --------------------------------------------------------------------------- #
 # configuration checks used by every plugin model's ``validate_config``
 # --------------------------------------------------------------------------- #
-def _value(config, key):
+def config_value(config, key, default=None):
+    """``config[key]``, or ``default`` when unset (a RecBole Config or a dict)."""
     try:
-        return config[key]
+        value = config[key]
     except KeyError:
-        return None
+        return default
+    return default if value is None else value
+
+
+def check_heads_divide_hidden(config):
+    """Refuse a ``hidden_size`` that ``n_heads`` attention heads cannot split."""
+    hidden_size, n_heads = config["hidden_size"], config["n_heads"]
+    if hidden_size % n_heads:
+        raise ConfigError(
+            f"hidden_size={hidden_size} is not divisible by n_heads={n_heads}: "
+            "choose n_heads dividing hidden_size."
+        )
 
 
 def check_positive_int(config, key):
     """Refuse ``config[key]`` unless it is an integer >= 1."""
-    value = _value(config, key)
+    value = config_value(config, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(
             f"{key}={value!r} is invalid: it must be a positive integer "
@@ -66,7 +78,7 @@ def check_positive_int(config, key):
 
 def check_non_negative(config, key):
     """Refuse ``config[key]`` unless it is a number >= 0."""
-    value = _value(config, key)
+    value = config_value(config, key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ConfigError(
             f"{key}={value!r} is invalid: it must be a number >= 0 "
@@ -77,7 +89,7 @@ def check_non_negative(config, key):
 
 def check_probability(config, key):
     """Refuse ``config[key]`` unless it is a probability in [0, 1)."""
-    value = _value(config, key)
+    value = config_value(config, key)
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -92,7 +104,7 @@ def check_probability(config, key):
 
 def check_choice(config, key, choices):
     """Refuse ``config[key]`` unless it is one of ``choices``."""
-    value = _value(config, key)
+    value = config_value(config, key)
     if value not in choices:
         allowed = ", ".join(map(str, choices))
         hint = _closest(str(value), [str(c) for c in choices])

@@ -218,6 +218,14 @@ def test_model_hyperparameters_validated_up_front():
 
 
 @pytest.mark.parametrize(
+    "model", ["ADRec", "CDDRec", "DiffuRec", "DiffuRecSys", "DuoRec"]
+)
+def test_heads_that_do_not_split_hidden_size_refused(model):
+    with pytest.raises(ConfigError, match="hidden_size=30 is not divisible by n_heads"):
+        build_config(model=model, config_dict={"hidden_size": 30, "n_heads": 4})
+
+
+@pytest.mark.parametrize(
     "argv, reason",
     [
         (["--model"], "--key=value"),

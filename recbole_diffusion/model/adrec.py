@@ -81,9 +81,11 @@ from recbole_diffusion.diffusion import (
 from recbole_diffusion.utils import (
     ConfigError,
     check_choice,
+    check_heads_divide_hidden,
     check_non_negative,
     check_positive_int,
     check_probability,
+    config_value,
 )
 
 __all__ = [
@@ -109,17 +111,8 @@ ACTIVATIONS = {
 }
 
 
-def _optional(config, key, default=None):
-    """``config[key]``, or ``default`` when unset (RecBole Config or dict)."""
-    try:
-        value = config[key]
-    except KeyError:
-        return default
-    return default if value is None else value
-
-
 def _check_non_negative_int(config, key):
-    value = _optional(config, key)
+    value = config_value(config, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(
             f"{key}={value!r} is invalid: it must be an integer >= 0 "
@@ -293,11 +286,7 @@ class ADRec(SequentialRecommender):
             "epochs",
         ):
             check_positive_int(config, key)
-        if config["hidden_size"] % config["n_heads"]:
-            raise ConfigError(
-                f"hidden_size={config['hidden_size']} is not divisible by "
-                f"n_heads={config['n_heads']}: choose n_heads dividing hidden_size."
-            )
+        check_heads_divide_hidden(config)
         for key in ("hidden_dropout_prob", "attn_dropout_prob", "emb_dropout_prob"):
             check_probability(config, key)
         for key in ("lambda_scale", "ce_weight", "mse_weight", "layer_norm_eps"):
@@ -317,13 +306,13 @@ class ADRec(SequentialRecommender):
         get_beta_schedule(
             config["noise_schedule"],
             config["diffusion_steps"],
-            _optional(config, "beta_start"),
-            _optional(config, "beta_end"),
+            config_value(config, "beta_start"),
+            config_value(config, "beta_end"),
         )
-        inference_steps = _optional(config, "inference_steps")
+        inference_steps = config_value(config, "inference_steps")
         if inference_steps is not None:
             respaced_steps(config["diffusion_steps"], inference_steps)
-        pretrained = _optional(config, "pretrained_embedding")
+        pretrained = config_value(config, "pretrained_embedding")
         if pretrained is not None and (
             not isinstance(pretrained, str) or not os.path.isfile(pretrained)
         ):
@@ -353,7 +342,7 @@ class ADRec(SequentialRecommender):
         self.lambda_scale = config["lambda_scale"]
         self.ce_weight = config["ce_weight"]
         self.mse_weight = config["mse_weight"]
-        self.inference_steps = _optional(config, "inference_steps")
+        self.inference_steps = config_value(config, "inference_steps")
         self.inference_cache = config["inference_cache"]
         self.target_list_field = TARGET_LIST_PREFIX + self.ITEM_SEQ
         # Set by ADRecTrainer; saved in checkpoints (other_parameter) so a
@@ -380,8 +369,8 @@ class ADRec(SequentialRecommender):
         self.diffusion = GaussianDiffusion(
             self.diffusion_steps,
             self.noise_schedule,
-            _optional(config, "beta_start"),
-            _optional(config, "beta_end"),
+            config_value(config, "beta_start"),
+            config_value(config, "beta_end"),
         )
         self.step_embedding = StepEmbedding(self.hidden_size, self.diffusion_steps)
         self.adm = CausalTransformer(self.adm_layers, **block_args)

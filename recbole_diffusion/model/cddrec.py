@@ -130,9 +130,11 @@ from recbole_diffusion.diffusion import (
 from recbole_diffusion.utils import (
     ConfigError,
     check_choice,
+    check_heads_divide_hidden,
     check_non_negative,
     check_positive_int,
     check_probability,
+    config_value,
 )
 
 __all__ = ["CD_SCORES", "CDDRec", "CrossAttentiveDecoder", "SCORES"]
@@ -140,15 +142,6 @@ __all__ = ["CD_SCORES", "CDDRec", "CrossAttentiveDecoder", "SCORES"]
 CD_SCORES = ("dot", "kl")
 SCORES = ("cos", "dot")
 AUGMENTATIONS = ("crop", "mask", "reorder")
-
-
-def _optional(config, key, default=None):
-    """``config[key]``, or ``default`` when unset (RecBole Config or dict)."""
-    try:
-        value = config[key]
-    except KeyError:
-        return default
-    return default if value is None else value
 
 
 class CrossAttentiveDecoder(nn.Module):
@@ -287,11 +280,7 @@ class CDDRec(SequentialRecommender):
             "diffusion_steps",
         ):
             check_positive_int(config, key)
-        if config["hidden_size"] % config["n_heads"] != 0:
-            raise ConfigError(
-                f"hidden_size={config['hidden_size']} is invalid: it must be a "
-                f"multiple of n_heads={config['n_heads']}."
-            )
+        check_heads_divide_hidden(config)
         for key in ("hidden_dropout_prob", "attn_dropout_prob", "decoder_dropout_prob"):
             check_probability(config, key)
         check_non_negative(config, "initializer_range")
@@ -299,8 +288,8 @@ class CDDRec(SequentialRecommender):
         get_beta_schedule(
             config["noise_schedule"],
             config["diffusion_steps"],
-            _optional(config, "beta_start"),
-            _optional(config, "beta_end"),
+            config_value(config, "beta_start"),
+            config_value(config, "beta_end"),
         )
         check_choice(config, "cd_score", CD_SCORES)
         check_choice(config, "score", SCORES)
@@ -318,7 +307,7 @@ class CDDRec(SequentialRecommender):
                     f"kept or shuffled, in (0, 1] (set e.g. --{key}=0.6)."
                 )
         check_probability(config, "aug_mask_ratio")
-        chunk = _optional(config, "step_chunk_size")
+        chunk = config_value(config, "step_chunk_size")
         if chunk is not None:
             check_positive_int(config, "step_chunk_size")
 
@@ -345,7 +334,7 @@ class CDDRec(SequentialRecommender):
         self.aug_crop_ratio = config["aug_crop_ratio"]
         self.aug_mask_ratio = config["aug_mask_ratio"]
         self.aug_reorder_ratio = config["aug_reorder_ratio"]
-        self.step_chunk_size = _optional(config, "step_chunk_size", self.num_steps)
+        self.step_chunk_size = config_value(config, "step_chunk_size", self.num_steps)
         self.TARGET_SEQ = TARGET_LIST_PREFIX + self.ITEM_SEQ
         # The augmentation's mask token: an id past the item table, embedded by
         # its own vector, so it is never ranked.
@@ -379,8 +368,8 @@ class CDDRec(SequentialRecommender):
         self.diffusion = GaussianDiffusion(
             self.num_steps,
             schedule=config["noise_schedule"],
-            beta_start=_optional(config, "beta_start"),
-            beta_end=_optional(config, "beta_end"),
+            beta_start=config_value(config, "beta_start"),
+            beta_end=config_value(config, "beta_end"),
         )
         # Variance of the KL score: the step's posterior variance, which is 0
         # at step 0; there the reference's clipped value (step 1's) is used.

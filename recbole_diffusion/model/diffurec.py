@@ -66,25 +66,17 @@ from recbole_diffusion.diffusion import (
     respaced_steps,
 )
 from recbole_diffusion.utils import (
-    ConfigError,
     check_choice,
+    check_heads_divide_hidden,
     check_non_negative,
     check_positive_int,
     check_probability,
+    config_value,
 )
 
 __all__ = ["CONDITIONINGS", "DiffuRec", "MultiHeadAttention", "TransformerBlock"]
 
 CONDITIONINGS = ("sum", "cross_attention")
-
-
-def _optional(config, key, default=None):
-    """``config[key]``, or ``default`` when unset (RecBole Config or dict)."""
-    try:
-        value = config[key]
-    except KeyError:
-        return default
-    return default if value is None else value
 
 
 class MultiHeadAttention(nn.Module):
@@ -184,11 +176,7 @@ class DiffuRec(SequentialRecommender):
             "ensemble_size",
         ):
             check_positive_int(config, key)
-        if config["hidden_size"] % config["n_heads"]:
-            raise ConfigError(
-                f"hidden_size={config['hidden_size']} is not divisible by "
-                f"n_heads={config['n_heads']}: choose n_heads dividing hidden_size."
-            )
+        check_heads_divide_hidden(config)
         for key in ("hidden_dropout_prob", "attn_dropout_prob", "emb_dropout_prob"):
             check_probability(config, key)
         for key in ("lambda_uncertainty", "offset_noise", "layer_norm_eps"):
@@ -200,10 +188,10 @@ class DiffuRec(SequentialRecommender):
         get_beta_schedule(
             config["noise_schedule"],
             config["diffusion_steps"],
-            _optional(config, "beta_start"),
-            _optional(config, "beta_end"),
+            config_value(config, "beta_start"),
+            config_value(config, "beta_end"),
         )
-        inference_steps = _optional(config, "inference_steps")
+        inference_steps = config_value(config, "inference_steps")
         if inference_steps is not None:
             respaced_steps(config["diffusion_steps"], inference_steps)
 
@@ -225,7 +213,7 @@ class DiffuRec(SequentialRecommender):
         self.conditioning = config["conditioning"]
         self.offset_noise = config["offset_noise"]
         self.ensemble_size = config["ensemble_size"]
-        self.inference_steps = _optional(config, "inference_steps")
+        self.inference_steps = config_value(config, "inference_steps")
 
         # define layers and loss
         self.item_embedding = nn.Embedding(
@@ -236,8 +224,8 @@ class DiffuRec(SequentialRecommender):
         self.diffusion = GaussianDiffusion(
             self.diffusion_steps,
             self.noise_schedule,
-            _optional(config, "beta_start"),
-            _optional(config, "beta_end"),
+            config_value(config, "beta_start"),
+            config_value(config, "beta_end"),
         )
         self.step_embedding = StepEmbedding(self.hidden_size, self.diffusion_steps)
         if self.conditioning == "cross_attention":

@@ -66,6 +66,7 @@ from recbole.model.sequential_recommender.sasrec import SASRec
 from recbole_diffusion.utils import (
     ConfigError,
     check_choice,
+    check_heads_divide_hidden,
     check_non_negative,
     check_positive_int,
     check_probability,
@@ -107,11 +108,7 @@ class DuoRec(SASRec):
             "MAX_ITEM_LIST_LENGTH",
         ):
             check_positive_int(config, key)
-        if config["hidden_size"] % config["n_heads"] != 0:
-            raise ConfigError(
-                f"hidden_size={config['hidden_size']} is invalid: it must be a "
-                f"multiple of n_heads={config['n_heads']}."
-            )
+        check_heads_divide_hidden(config)
         check_probability(config, "hidden_dropout_prob")
         check_probability(config, "attn_dropout_prob")
         check_choice(config, "loss_type", ["CE"])
