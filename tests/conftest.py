@@ -10,9 +10,43 @@ import os
 import numpy as np
 import pytest
 import torch
+import yaml
+
+from recbole_diffusion.config import props_dir
 
 # Two cores are shared by the tests; more threads only add contention.
 torch.set_num_threads(1)
+
+# item ids 1..20, 0 is padding (a model with a mask token adds id 21 itself)
+UNIT_N_ITEMS = 21
+
+
+class UnitDataset:
+    """What SequentialRecommender reads from a dataset: the item count."""
+
+    def num(self, field):
+        return UNIT_N_ITEMS
+
+
+def unit_config(model, **overrides):
+    """``props/<model>.yaml`` with RecBole's field names, as a plain dict.
+
+    For building a model without loading data (``Model(config, UnitDataset())``);
+    each test module shrinks the sizes with ``overrides``.
+    """
+    with open(os.path.join(props_dir(), f"{model}.yaml")) as handle:
+        config = yaml.safe_load(handle)
+    config.update(
+        USER_ID_FIELD="user_id",
+        ITEM_ID_FIELD="item_id",
+        LIST_SUFFIX="_list",
+        ITEM_LIST_LENGTH_FIELD="item_length",
+        NEG_PREFIX="neg_",
+        device="cpu",
+    )
+    config.update(overrides)
+    return config
+
 
 TINY_USERS = 60
 TINY_ITEMS = 40

@@ -9,6 +9,7 @@ from collections import defaultdict
 import pytest
 import torch
 import yaml
+from conftest import UNIT_N_ITEMS, UnitDataset, unit_config
 from recbole.data.interaction import Interaction
 
 from recbole_diffusion.config import build_config, props_dir
@@ -23,42 +24,29 @@ from recbole_diffusion.quick_start import (
 from recbole_diffusion.trainer import ADRecTrainer, CheckpointError, load_checkpoint
 from recbole_diffusion.utils import ConfigError, get_trainer
 
-N_ITEMS = 21  # item 0 is padding
+N_ITEMS = UNIT_N_ITEMS
 HIDDEN = 16
 TARGETS = TARGET_LIST_PREFIX + "item_id_list"
 
 
-class _Dataset:
-    """What SequentialRecommender reads from a dataset: the item count."""
-
-    def num(self, field):
-        return N_ITEMS
-
-
 def make_config(**overrides):
-    """ADRec's yaml defaults, shrunk to test size, as a plain dict."""
-    with open(os.path.join(props_dir(), "ADRec.yaml")) as handle:
-        config = yaml.safe_load(handle)
-    config.update(
-        USER_ID_FIELD="user_id",
-        ITEM_ID_FIELD="item_id",
-        LIST_SUFFIX="_list",
-        ITEM_LIST_LENGTH_FIELD="item_length",
-        NEG_PREFIX="neg_",
-        device="cpu",
-        hidden_size=HIDDEN,
-        inner_size=32,
-        n_heads=2,
-        diffusion_steps=8,
-        MAX_ITEM_LIST_LENGTH=7,
+    """The model's yaml defaults, shrunk to test size, as a plain dict."""
+    return unit_config(
+        "ADRec",
+        **{
+            "hidden_size": HIDDEN,
+            "inner_size": 32,
+            "n_heads": 2,
+            "diffusion_steps": 8,
+            "MAX_ITEM_LIST_LENGTH": 7,
+            **overrides,
+        },
     )
-    config.update(overrides)
-    return config
 
 
 def make_model(seed=0, **overrides):
     torch.manual_seed(seed)
-    return ADRec(make_config(**overrides), _Dataset())
+    return ADRec(make_config(**overrides), UnitDataset())
 
 
 def make_batch(sequences, width=7, fill=None, with_targets=True):
@@ -255,7 +243,7 @@ def test_bad_hyperparameters_are_refused(key, value):
     with pytest.raises(ConfigError, match=key):
         ADRec.validate_config(make_config(**{key: value}))
     with pytest.raises(ConfigError):
-        ADRec(make_config(**{key: value}), _Dataset())
+        ADRec(make_config(**{key: value}), UnitDataset())
 
 
 def test_zero_loss_weights_are_refused():

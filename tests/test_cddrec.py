@@ -1,12 +1,12 @@
 """CDDRec: decoder masks, batch independence, losses, negatives, augmentations, runs."""
 
-import os
 import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import UNIT_N_ITEMS, UnitDataset, unit_config
 from recbole.data.interaction import Interaction
 
 import recbole_diffusion.config as config_module
@@ -16,42 +16,29 @@ from recbole_diffusion.model.cddrec import CDDRec
 from recbole_diffusion.quick_start import build_pipeline, run_recbole_diffusion
 from recbole_diffusion.utils import ConfigError
 
-N_ITEMS = 21  # item ids 1..20, 0 is padding; the mask token is 21
+N_ITEMS = UNIT_N_ITEMS
 TARGET_SEQ = TARGET_LIST_PREFIX + "item_id_list"
 SEQUENCES = [[3, 4, 5], [7, 1, 2, 9, 11], [12, 13], [2, 4, 6, 8, 10, 12]]
 
 
-class _Dataset:
-    """What SequentialRecommender reads from a dataset: the item count."""
-
-    def num(self, field):
-        return N_ITEMS
-
-
 def make_config(**overrides):
-    """The yaml defaults, shrunk to test size, as a plain dict."""
-    with open(os.path.join(props_dir(), "CDDRec.yaml")) as handle:
-        config = yaml.safe_load(handle)
-    config.update(
-        USER_ID_FIELD="user_id",
-        ITEM_ID_FIELD="item_id",
-        LIST_SUFFIX="_list",
-        ITEM_LIST_LENGTH_FIELD="item_length",
-        NEG_PREFIX="neg_",
-        device="cpu",
-        hidden_size=16,
-        inner_size=32,
-        n_heads=2,
-        diffusion_steps=6,
-        MAX_ITEM_LIST_LENGTH=6,
+    """The model's yaml defaults, shrunk to test size, as a plain dict."""
+    return unit_config(
+        "CDDRec",
+        **{
+            "hidden_size": 16,
+            "inner_size": 32,
+            "n_heads": 2,
+            "diffusion_steps": 6,
+            "MAX_ITEM_LIST_LENGTH": 6,
+            **overrides,
+        },
     )
-    config.update(overrides)
-    return config
 
 
 def make_model(seed=0, **overrides):
     torch.manual_seed(seed)
-    return CDDRec(make_config(**overrides), _Dataset())
+    return CDDRec(make_config(**overrides), UnitDataset())
 
 
 def make_batch(sequences=SEQUENCES, width=6, last_targets=None):

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 import yaml
+from conftest import UNIT_N_ITEMS, UnitDataset, unit_config
 from recbole.data.interaction import Interaction
 
 from recbole_diffusion.config import props_dir
@@ -13,41 +14,28 @@ from recbole_diffusion.model.diffurec import DiffuRec
 from recbole_diffusion.model.diffurecsys import DiffuRecSys
 from recbole_diffusion.utils import ConfigError
 
-N_ITEMS = 21  # item 0 is padding
-
-
-class _Dataset:
-    """What SequentialRecommender reads from a dataset: the item count."""
-
-    def num(self, field):
-        return N_ITEMS
+N_ITEMS = UNIT_N_ITEMS
 
 
 def make_config(model="DiffuRec", **overrides):
     """The model's yaml defaults, shrunk to test size, as a plain dict."""
-    with open(os.path.join(props_dir(), f"{model}.yaml")) as handle:
-        config = yaml.safe_load(handle)
-    config.update(
-        USER_ID_FIELD="user_id",
-        ITEM_ID_FIELD="item_id",
-        LIST_SUFFIX="_list",
-        ITEM_LIST_LENGTH_FIELD="item_length",
-        NEG_PREFIX="neg_",
-        device="cpu",
-        hidden_size=16,
-        n_heads=2,
-        n_layers=2,
-        diffusion_steps=8,
-        MAX_ITEM_LIST_LENGTH=6,
+    return unit_config(
+        model,
+        **{
+            "hidden_size": 16,
+            "n_heads": 2,
+            "n_layers": 2,
+            "diffusion_steps": 8,
+            "MAX_ITEM_LIST_LENGTH": 6,
+            **overrides,
+        },
     )
-    config.update(overrides)
-    return config
 
 
 def make_model(model_class=DiffuRec, seed=0, **overrides):
     torch.manual_seed(seed)
     name = "DiffuRecSys" if model_class is DiffuRecSys else "DiffuRec"
-    return model_class(make_config(name, **overrides), _Dataset())
+    return model_class(make_config(name, **overrides), UnitDataset())
 
 
 def make_batch(sequences, width=6, fill=None, targets=None):
@@ -127,7 +115,7 @@ def test_bad_hyperparameters_are_refused(key, value):
     with pytest.raises(ConfigError, match=key if key != "beta_end" else "beta"):
         DiffuRec.validate_config(make_config(**{key: value}))
     with pytest.raises(ConfigError):
-        DiffuRec(make_config(**{key: value}), _Dataset())
+        DiffuRec(make_config(**{key: value}), UnitDataset())
 
 
 def test_pipeline_refuses_bad_steps_before_loading_data(tiny_config):
