@@ -237,6 +237,8 @@ def test_yaml_defaults_are_the_papers():
         ("inference_cache", "yes"),
         ("pretrained_embedding", "/no/such/stage1.pth"),
         ("loss_type", "BPR"),
+        ("embedding_init_std", 0),
+        ("embedding_init_std", -0.02),
     ],
 )
 def test_bad_hyperparameters_are_refused(key, value):
@@ -244,6 +246,14 @@ def test_bad_hyperparameters_are_refused(key, value):
         ADRec.validate_config(make_config(**{key: value}))
     with pytest.raises(ConfigError):
         ADRec(make_config(**{key: value}), UnitDataset())
+
+
+@pytest.mark.parametrize("std", [0.02, 1.0])
+def test_item_embedding_starts_at_the_configured_scale(std):
+    model = make_model(hidden_size=64, embedding_init_std=std)
+    weight = model.item_embedding.weight.detach()
+    assert torch.all(weight[0] == 0)  # padding row
+    assert weight[1:].std().item() == pytest.approx(std, rel=0.15)
 
 
 def test_zero_loss_weights_are_refused():
@@ -261,12 +271,6 @@ def test_pipeline_refuses_bad_steps_before_loading_data(tiny_config):
 # --------------------------------------------------------------------------- #
 # per-token noise and the loss
 # --------------------------------------------------------------------------- #
-def test_item_embeddings_are_unit_scale_with_zero_padding():
-    weight = make_model(hidden_size=64).item_embedding.weight
-    assert weight[0].abs().sum() == 0
-    assert 0.9 < weight[1:].std().item() < 1.1
-
-
 def _capture_steps(model):
     steps = []
     original = model.diffusion.q_sample

@@ -348,6 +348,16 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_config)
 # --------------------------------------------------------------------------- #
 def test_wheel_ships_property_files(tmp_path):
     wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    # Build from a copy: setuptools reuses a build/ folder left in the source
+    # tree, which could hold files that setup.cfg no longer ships.
+    source = tmp_path / "source"
+    shutil.copytree(
+        PROJECT_ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".*", "build", "dist", "*.egg-info", "benchmarks", "saved", "log*"
+        ),
+    )
     build = subprocess.run(
         [
             sys.executable,
@@ -359,7 +369,7 @@ def test_wheel_ships_property_files(tmp_path):
             "-q",
             "-w",
             str(wheel_dir),
-            str(PROJECT_ROOT),
+            str(source),
         ],
         capture_output=True,
         text=True,
@@ -402,3 +412,13 @@ def test_wheel_ships_property_files(tmp_path):
         float(lmd_sem)
         == yaml.safe_load((props_dir() / "DuoRec.yaml").read_text())["lmd_sem"]
     )
+
+    # every property and search-space file of the source tree is in the wheel
+    def shipped(root):
+        return {
+            str(path.relative_to(root))
+            for pattern in ("*.yaml", "*.hyper")
+            for path in Path(root).rglob(pattern)
+        }
+
+    assert shipped(found_dir) == shipped(PROJECT_ROOT / "props")

@@ -56,8 +56,14 @@ Deviations:
       ``mean_flat``), then averaged over each sequence's real tokens and over
       the batch.
     - All Linear weights are Xavier-normal with zero biases (as in DiffuRec,
-      on which the reference code builds); item embeddings are N(0, 1), the
-      scale of the diffusion noise.
+      on which the reference code builds). Item embeddings start at
+      N(0, ``embedding_init_std``^2), default 0.02, the initialisation of
+      SASRec, which stage 1 is (the paper gives none). At unit scale, the
+      scale of the diffusion noise, stage 1 barely learns: the logits
+      ``c . E^T`` start with a spread of about sqrt(H), the CE stays near log N,
+      and on ml-100k (the benchmark's cpu protocol, seed 2020) validation
+      NDCG@10 after stage 1 was 0.0251 at std 1 against 0.0637 at std 0.02,
+      test NDCG@10 of the final model 0.0338 against 0.0554.
     - ``inference_steps`` < T respaces the reverse chain (Nichol & Dhariwal):
       an option, not in the paper.
 """
@@ -291,6 +297,11 @@ class ADRec(SequentialRecommender):
             check_probability(config, key)
         for key in ("lambda_scale", "ce_weight", "mse_weight", "layer_norm_eps"):
             check_non_negative(config, key)
+        if not check_non_negative(config, "embedding_init_std"):
+            raise ConfigError(
+                "embedding_init_std=0 is invalid: every item would start with the "
+                "same embedding (set e.g. --embedding_init_std=0.02)."
+            )
         if config["ce_weight"] + config["mse_weight"] <= 0:
             raise ConfigError(
                 "ce_weight and mse_weight are both 0: nothing would be trained "
@@ -340,6 +351,7 @@ class ADRec(SequentialRecommender):
         self.diffusion_steps = config["diffusion_steps"]
         self.noise_schedule = config["noise_schedule"]
         self.lambda_scale = config["lambda_scale"]
+        self.embedding_init_std = config_value(config, "embedding_init_std", 0.02)
         self.ce_weight = config["ce_weight"]
         self.mse_weight = config["mse_weight"]
         self.inference_steps = config_value(config, "inference_steps")
@@ -381,8 +393,8 @@ class ADRec(SequentialRecommender):
 
     def _init_weights(self, module):
         if isinstance(module, nn.Embedding):
-            # unit scale, the scale of the diffusion noise
-            nn.init.normal_(module.weight, mean=0.0, std=1.0)
+            # SASRec's scale: stage 1 is SASRec-like (see Deviations)
+            nn.init.normal_(module.weight, mean=0.0, std=self.embedding_init_std)
             if module.padding_idx is not None:
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()

@@ -1,0 +1,1 @@
+"""Per-dataset property files of ADRec (``props/ADRec/<dataset>.yaml``)."""
