@@ -855,12 +855,16 @@ def render_speed(records):
         "same time; on a shared machine the load average is given.",
         "",
     ]
-    datasets = _unique(r["dataset"] for r in speed)
-    if not datasets:
+    sections = _unique((r["dataset"], r.get("protocol", "cpu")) for r in speed)
+    if not sections:
         lines.append("No measurement yet.")
-    for dataset in datasets:
+    for dataset, protocol in sections:
         # the latest run is the last one appended to the raw file
-        run_id = [r["run_id"] for r in speed if r["dataset"] == dataset][-1]
+        run_id = [
+            r["run_id"]
+            for r in speed
+            if (r["dataset"], r.get("protocol", "cpu")) == (dataset, protocol)
+        ][-1]
         rows = {}
         for record in speed:
             if record["dataset"] == dataset and record["run_id"] == run_id:
@@ -870,7 +874,8 @@ def render_speed(records):
         )
         ok = [r for r in rows.values() if r.get("status") == OK]
         first = ok[0] if ok else next(iter(rows.values()))
-        lines += [f"## {dataset}", ""]
+        heading = dataset if protocol == "cpu" else f"{dataset}, `{protocol}` protocol"
+        lines += [f"## {heading}", ""]
         details = [f"run `{run_id}`"]
         if first.get("machine"):
             details.append(_machine_text(first["machine"]))

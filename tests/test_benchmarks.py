@@ -315,6 +315,11 @@ def test_speed_page_gives_ratios_to_sasrec_of_the_same_run():
     assert "| DiffuRec | 10 | – | 2.00 | 0.50× | 5.0 | 0.05× |" in page
     assert "| DiffuRec | 4 | 50.0 | 0.50× | – (no trained model) |" in page
     assert "run `new`" in page and "run `old`" not in page
+    # a run under another protocol gets its own section, not replacing this one
+    other = dict(speed("SASRec", "paper-run", 1.0, 10.0), protocol="paper")
+    page = render.render_speed(records + [other])
+    assert "## hand\n" in page and "## hand, `paper` protocol" in page
+    assert "run `new`" in page and "run `paper-run`" in page
 
 
 @pytest.mark.parametrize(
