@@ -29,6 +29,8 @@ from benchmarks.harness import (  # noqa: E402
     DEFAULT_RESULTS_DIR,
     METRICS,
     OK,
+    PROJECT_ROOT,
+    _relative,
     is_diffusion,
     latest_records,
     raw_path,
@@ -47,6 +49,9 @@ __all__ = [
     "write_page",
     "write_speed",
 ]
+
+# The README shows the committed pages' tables between markers.
+README_PATH = PROJECT_ROOT / "README.md"
 
 MODEL_ORDER = [
     "GRU4Rec",
@@ -819,7 +824,47 @@ def write_page(dataset, protocol=DEFAULT_PROTOCOL, results_dir=DEFAULT_RESULTS_D
     )
     page_path = results_dir / f"{stem}.md"
     page_path.write_text(page, encoding="utf-8")
+    # only the committed results go into the README, never a scratch folder's
+    committed = results_dir.resolve() == Path(DEFAULT_RESULTS_DIR).resolve()
+    if summary and committed and update_readme(README_PATH, stem, summary, results_dir):
+        written.append(README_PATH)
     return [page_path, *written]
+
+
+def readme_block(stem, summary, results_dir):
+    """The README's copy of a page's table, with links to the page and plot."""
+    folder = _relative(Path(results_dir))
+    seeds = _seed_count(summary)
+    lines = [
+        f"Test metrics at the best validation epoch, mean ± std over {seeds} "
+        "seed(s); "
+        f"generated from the raw results with the settings, costs and "
+        f"significance tests in [{folder}/{stem}.md]({folder}/{stem}.md).",
+        "",
+        *results_table(summary),
+        "",
+        f"![NDCG@10 against inference throughput]({folder}/{stem}.png)",
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(readme, stem, summary, results_dir):
+    """Replace the text between the README's markers for ``stem``, if present.
+
+    Returns True when the README has the markers (and was rewritten).
+    """
+    readme = Path(readme)
+    if not readme.is_file():
+        return False
+    text = readme.read_text(encoding="utf-8")
+    start, end = f"<!-- results:{stem}:start -->", f"<!-- results:{stem}:end -->"
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    block = readme_block(stem, summary, results_dir)
+    readme.write_text(f"{head}{start}\n{block}\n{end}{tail}", encoding="utf-8")
+    return True
 
 
 # --------------------------------------------------------------------------- #

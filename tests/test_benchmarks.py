@@ -369,3 +369,32 @@ def test_speed_child_measures_trimming_and_cache_switches(tmp_path, model, extra
     page = render.render_speed([sasrec, record])
     heading = "Trimming padding" if model == "DiffuRec" else "Cached last-token"
     assert heading in page
+
+
+def test_readme_block_is_replaced_between_its_markers_only(tmp_path):
+    summary = render.summarize(
+        [
+            {
+                "model": model,
+                "seed": 2020,
+                "status": "ok",
+                "metrics": {metric: value for metric in harness.METRICS},
+            }
+            for model, value in (("SASRec", 0.5), ("ADRec", 0.25))
+        ]
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- results:hand:start -->\nSTALE TABLE\n<!-- results:hand:end -->\nrest\n"
+    )
+    assert render.update_readme(readme, "hand", summary, tmp_path)
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- results:hand:start -->\n")
+    assert text.endswith("<!-- results:hand:end -->\nrest\n")
+    assert "STALE TABLE" not in text and "| ADRec | 1 |" in text
+    assert "hand.png)" in text and "hand.md" in text
+    # a README without the markers is left alone
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("nothing to replace\n")
+    assert not render.update_readme(plain, "hand", summary, tmp_path)
+    assert plain.read_text() == "nothing to replace\n"
