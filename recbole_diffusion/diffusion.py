@@ -9,6 +9,12 @@ Notation: ``T`` steps indexed ``t = 0 .. T-1``; ``beta_t`` the noise schedule,
 ``alpha_t = 1 - beta_t``, ``abar_t = prod_{s<=t} alpha_s`` and
 ``abar_{-1} = 1``.
 
+Reference:
+    Jonathan Ho, Ajay Jain, Pieter Abbeel. "Denoising Diffusion Probabilistic
+    Models." NeurIPS 2020 (forward process, posterior, fixed variances).
+    Alex Nichol, Prafulla Dhariwal. "Improved Denoising Diffusion
+    Probabilistic Models." ICML 2021 (cosine schedule, respacing).
+
 Reference code: DiffuRec (https://github.com/WHUIR/DiffuRec, ``diffurec.py``),
 itself derived from OpenAI's improved-diffusion (``gaussian_diffusion.py``,
 ``respace.py``).

@@ -164,6 +164,40 @@ def test_lambda_is_redrawn_at_every_call_and_scales_the_target(conditioning):
 
 
 @pytest.mark.parametrize("conditioning", ["sum", "cross_attention"])
+def test_lambda_is_drawn_per_row_position_and_channel_from_n_delta_delta(
+    conditioning,
+):
+    delta = 0.05
+    model = make_model(
+        conditioning=conditioning, hidden_size=64, lambda_uncertainty=delta
+    ).eval()
+    sequences = [[(7 * r + j) % 19 + 1 for j in range(5)] for r in range(64)]
+    batch = make_batch(sequences)
+    x_t = torch.randn(64, 64)
+    t = torch.randint(0, 8, (64,))
+    # the conditioning term lambda * (x_t + d_t), [B L H], as the model forms it
+    if conditioning == "sum":
+        module, read = model.blocks[0], lambda args: args[0] - history
+    else:
+        module, read = model.cross_attention, lambda args: args[0]
+    captured = []
+    module.register_forward_pre_hook(lambda m, args: captured.append(read(args)))
+    with torch.no_grad():
+        history, _, _ = model.encode_history(
+            batch["item_id_list"], batch["item_length"]
+        )
+        _approximate(model, batch, x_t, t)
+        guidance = x_t + model.step_embedding(t)  # [B H]
+    lam = captured[0] / guidance.unsqueeze(1)  # [B L H]
+    assert lam.shape == (64, 5, 64)
+    assert lam.mean().item() == pytest.approx(delta, rel=0.05)
+    assert lam.std().item() == pytest.approx(delta, rel=0.05)
+    # independent across channels, positions and rows, not one draw broadcast
+    for dim in (0, 1, 2):
+        assert lam.std(dim=dim).mean().item() == pytest.approx(delta, rel=0.1)
+
+
+@pytest.mark.parametrize("conditioning", ["sum", "cross_attention"])
 def test_padding_changes_nothing(conditioning):
     model = make_model(conditioning=conditioning)
     plain = make_batch(SEQUENCES, width=6)
@@ -187,6 +221,24 @@ def test_padding_changes_nothing(conditioning):
     reference = loss_under_seed(model, plain)
     for other in (wide, garbage):
         torch.testing.assert_close(loss_under_seed(model, other), reference)
+
+
+@pytest.mark.parametrize("conditioning", ["sum", "cross_attention"])
+def test_trimming_gives_the_untrimmed_models_scores_and_loss(conditioning):
+    model = make_model(conditioning=conditioning).eval()
+    batch = make_batch(SEQUENCES, width=6)  # longest real sequence: 5
+    lengths = []
+    model.blocks[0].register_forward_pre_hook(
+        lambda m, args: lengths.append(args[0].shape[1])
+    )
+    trimmed = scores_under_seed(model, batch)
+    trimmed_loss = loss_under_seed(model, batch)
+    model.trim_padding = False
+    untrimmed = scores_under_seed(model, batch)
+    untrimmed_loss = loss_under_seed(model, batch)
+    assert set(lengths) == {5, 6}  # the two paths really ran different widths
+    torch.testing.assert_close(trimmed, untrimmed, rtol=0, atol=1e-5)
+    torch.testing.assert_close(trimmed_loss, untrimmed_loss, rtol=0, atol=1e-6)
 
 
 def test_padded_positions_receive_no_attention():
@@ -358,14 +410,19 @@ def test_full_chain_runs_every_step_and_respaced_chain_fewer():
 # real runs through the plugin pipeline
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize(
-    "model, conditioning, offset",
+    "model, conditioning, offset, chains",
     [
-        ("DiffuRec", "sum", 0.0),
-        ("DiffuRecSys-V1", "cross_attention", 0.0),
-        ("DiffuRecSys", "cross_attention", 0.1),
+        ("DiffuRec", "sum", 0.0, 1),
+        ("DiffuRecSys-Baseline", "sum", 0.0, 1),
+        ("DiffuRecSys-V1", "cross_attention", 0.0, 1),
+        ("DiffuRecSys-V2", "cross_attention", 0.1, 1),
+        ("DiffuRecSys", "cross_attention", 0.1, 1),
+        ("DiffuRecSys-Ensemble", "cross_attention", 0.1, 5),
     ],
 )
-def test_one_epoch_through_the_pipeline(tiny_config, model, conditioning, offset):
+def test_one_epoch_through_the_pipeline(
+    tiny_config, model, conditioning, offset, chains
+):
     from recbole_diffusion.quick_start import run_recbole_diffusion
 
     result = run_recbole_diffusion(
@@ -376,6 +433,7 @@ def test_one_epoch_through_the_pipeline(tiny_config, model, conditioning, offset
     )
     config = result["config"]
     assert config["conditioning"] == conditioning and config["offset_noise"] == offset
+    assert config["ensemble_size"] == chains
     for metrics in (result["best_valid_result"], result["test_result"]):
         assert 0 <= metrics["ndcg@10"] <= metrics["hit@10"] <= 1
         assert not math.isnan(metrics["mrr@10"])

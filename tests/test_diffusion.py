@@ -65,6 +65,20 @@ def test_cosine_schedule_follows_its_alpha_bar():
     assert alphas_cumprod[24].item() == pytest.approx(f(25 / 50) / f(0), rel=1e-9)
 
 
+def test_sqrt_schedule_follows_its_alpha_bar():
+    # Diffusion-LM's sqrt schedule: abar(u) = 1 - sqrt(u + 1e-4), u = t / T
+    betas = get_beta_schedule("sqrt", 40)
+
+    def f(u):
+        return 1 - math.sqrt(u + 1e-4)
+
+    for step in (0, 9, 19, 38):  # clipped at 0.999 only near the end
+        expected = 1 - f((step + 1) / 40) / f(step / 40)
+        assert betas[step].item() == pytest.approx(expected, rel=1e-9)
+    alphas_cumprod = torch.cumprod(1 - betas, 0)
+    assert alphas_cumprod[19].item() == pytest.approx(f(20 / 40) / f(0), rel=1e-9)
+
+
 @pytest.mark.parametrize(
     "name, steps, kwargs",
     [

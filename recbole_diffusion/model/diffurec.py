@@ -35,8 +35,10 @@ Deviations:
       does not depend on how much padding a batch carries.
     - RecBole pads on the right: x0_hat is read at ``item_seq_len - 1``, not
       at position -1 as in the left-padded reference code. Each batch is cut
-      to its longest real sequence before the Transformer (identical result
-      under the key masks, less work).
+      to its longest real sequence before the Transformer: under the key
+      masks, and with lambda drawn at the padded width, the scores are those
+      of the untrimmed model (in training only the dropout draws differ, as
+      their shapes do), for less work.
     - The padding row of the item table starts at zero and gets no gradient
       through the history lookup (``padding_idx=0``, RecBole's convention);
       like RecBole's SASRec (and the reference code) it stays a column of the
@@ -48,7 +50,10 @@ Deviations:
       "Xavier initialization"; the reference code does it for some layers
       and leaves torch's defaults for the others).
     - ``inference_steps`` < T respaces the reverse chain (Nichol & Dhariwal);
-      an option, not in the paper. ``ensemble_size`` > 1 is DiffuRecSys's
+      an option, not in the paper. The kept steps are evenly spaced and
+      always include T-1 and 0; a one-step chain keeps T-1 (improved
+      diffusion's ``space_timesteps`` would keep step 0, which starts the
+      chain from noise that the model was never trained to denoise). ``ensemble_size`` > 1 is DiffuRecSys's
       Algorithm 3, also available here.
 """
 
@@ -289,9 +294,16 @@ class DiffuRec(SequentialRecommender):
         anew on every call.
         """
         guidance = x_t + self.step_embedding(t)  # [B H]
-        uncertainty = self.lambda_uncertainty * (
-            1.0 + torch.randn_like(history)
-        )  # [B L H], lambda ~ N(delta, delta)
+        batch, length, hidden = history.shape
+        # Drawn at the padded width MAX_ITEM_LIST_LENGTH and cut to the
+        # trimmed one, so that trimming consumes the same random numbers and
+        # the trimmed model gives exactly the untrimmed model's output.
+        drawn_length = max(self.max_seq_length, length)
+        standard = torch.randn(
+            batch, drawn_length, hidden, device=history.device, dtype=history.dtype
+        )[:, :length]
+        uncertainty = self.lambda_uncertainty * (1.0 + standard)
+        # [B L H], lambda ~ N(delta, delta)
         conditioned = uncertainty * guidance.unsqueeze(1)  # [B L H]
         if self.conditioning == "sum":
             hidden = history + conditioned  # Eq. 15
