@@ -25,7 +25,7 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.evaluator.register import metric_types
 
-from recbole_diffusion.utils import ConfigError, _closest, get_model
+from recbole_diffusion.utils import ConfigError, _closest, check_lr_schedule, get_model
 
 __all__ = [
     "Config",
@@ -365,6 +365,7 @@ def build_config(
     config["model_variant"] = model
     _check_cmd_types(config, cmd_args)
     _check_metrics(config)
+    check_lr_schedule(config)
     if dataset != DEFAULT_DATASET or data_path is not None:
         if not looked_in:
             looked_in = [Path(config["data_path"]).parent]

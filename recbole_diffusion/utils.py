@@ -55,6 +55,39 @@ def config_value(config, key, default=None):
     return default if value is None else value
 
 
+LR_SCHEDULERS = ("none", "cosine", "step")
+
+
+def check_lr_schedule(config):
+    """Refuse an ``lr_scheduler`` (and its step-decay settings) that cannot run."""
+    scheduler = config_value(config, "lr_scheduler", "none")
+    check_choice({"lr_scheduler": scheduler}, "lr_scheduler", LR_SCHEDULERS)
+    if scheduler != "step":
+        return
+    milestones = config_value(config, "lr_milestones")
+    if (
+        not isinstance(milestones, (list, tuple))
+        or not milestones
+        or any(
+            isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones
+        )
+    ):
+        raise ConfigError(
+            f"lr_milestones={milestones!r} is invalid: lr_scheduler=step needs a "
+            "list of epochs >= 1 at which to decay, e.g. lr_milestones: [30]."
+        )
+    gamma = config_value(config, "lr_gamma")
+    if (
+        isinstance(gamma, bool)
+        or not isinstance(gamma, (int, float))
+        or not 0 < gamma <= 1
+    ):
+        raise ConfigError(
+            f"lr_gamma={gamma!r} is invalid: the step-decay factor must be in "
+            "(0, 1], e.g. lr_gamma: 0.1."
+        )
+
+
 def check_heads_divide_hidden(config):
     """Refuse a ``hidden_size`` that ``n_heads`` attention heads cannot split."""
     hidden_size, n_heads = config["hidden_size"], config["n_heads"]

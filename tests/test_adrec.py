@@ -4,6 +4,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections import defaultdict
 
 import pytest
@@ -232,7 +233,7 @@ def test_yaml_defaults_are_the_papers():
         ("mse_weight", -0.5),
         ("warmup_epochs", -1),
         ("pretrain_epochs", 1.5),
-        ("lr_scheduler", "step"),
+        ("lr_scheduler", "exponential"),
         ("hidden_act", "mish"),
         ("inference_cache", "yes"),
         ("pretrained_embedding", "/no/such/stage1.pth"),
@@ -492,7 +493,21 @@ def test_stage_2_freezes_the_embedding_exactly_and_stage_3_moves_it(tiny_config)
     trainer = ADRecTrainer(config, model)
     embedding = model.item_embedding.weight
 
+    # stage 1 trains only the embedding, its LayerNorm and the CAM (not the
+    # ADM, which weight decay would otherwise shrink under DDP)
+    trainer._begin_stage(1)
+    stage_1 = {
+        id(p) for group in trainer.optimizer.param_groups for p in group["params"]
+    }
+    assert id(embedding) in stage_1
+    assert all(id(p) in stage_1 for p in model.cam.parameters())
+    assert all(id(p) not in stage_1 for p in model.adm.parameters())
+    trainer._train_epoch(train_data, 0)
+    assert embedding.grad is not None
+
+    # the real handover: stage 2 after stage 1
     trainer._begin_stage(2)
+    assert embedding.grad is None  # no stale stage-1 gradient (clip_grad_norm)
     assert all(
         parameter is not embedding
         for group in trainer.optimizer.param_groups
@@ -554,7 +569,8 @@ def test_three_stages_run_in_order_and_the_best_model_loads(tiny_config, caplog)
         stored = load_checkpoint(trainer.stage_files[stage])
         assert stored["adrec_stage"] == stage and stored["stage_completed"]
         assert stored["other_parameter"] == {"stage": stage}
-    final = 2 if trainer.saved_model_file == trainer.stage_files[2] else 3
+    # the better of stages 2 and 3 on validation, ties to stage 3
+    final = 2 if trainer.stage_scores[2] > trainer.stage_scores[3] else 3
     assert trainer.saved_model_file == trainer.stage_files[final]
     assert (
         score
@@ -603,7 +619,10 @@ def test_resume_continues_the_interrupted_stage_then_the_next(tiny_config):
     assert resumed.stage_history == [2, 3]
     assert load_checkpoint(stage_2_file)["stage_completed"]
 
-    # a finished stage's checkpoint starts the next stage, via the entry point
+    # a finished stage's checkpoint starts the next stage, via the entry point:
+    # stage 3 is trained again, stage 2 is not
+    written = {k: os.stat(resumed.stage_files[k]).st_mtime_ns for k in (2, 3)}
+    time.sleep(0.01)
     result = run_recbole_diffusion(
         "ADRec",
         "tiny",
@@ -612,6 +631,8 @@ def test_resume_continues_the_interrupted_stage_then_the_next(tiny_config):
     )
     assert result["model_file"] in (stage_2_file, resumed.stage_files[3])
     assert load_checkpoint(resumed.stage_files[3])["adrec_stage"] == 3
+    assert os.stat(stage_2_file).st_mtime_ns == written[2]
+    assert os.stat(resumed.stage_files[3]).st_mtime_ns > written[3]
 
 
 def test_resume_refuses_a_checkpoint_of_another_trainer(tiny_config, tmp_path):

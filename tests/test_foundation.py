@@ -218,6 +218,81 @@ def test_model_hyperparameters_validated_up_front():
 
 
 @pytest.mark.parametrize(
+    "settings, key",
+    [
+        ({"lr_scheduler": "exponential"}, "lr_scheduler"),
+        ({"lr_scheduler": "step", "lr_milestones": []}, "lr_milestones"),
+        ({"lr_scheduler": "step", "lr_milestones": [0]}, "lr_milestones"),
+        ({"lr_scheduler": "step", "lr_gamma": 0.0}, "lr_gamma"),
+        ({"lr_scheduler": "step", "lr_gamma": 2.0}, "lr_gamma"),
+    ],
+)
+def test_bad_learning_rate_schedule_refused(settings, key):
+    with pytest.raises(ConfigError, match=key):
+        build_config(model="SASRec", config_dict=settings)
+
+
+def _epoch_learning_rates(trainer):
+    """The learning rate of every training epoch of ``trainer.fit``."""
+    rates = []
+    train_epoch = trainer._train_epoch
+
+    def recording(*args, **kwargs):
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        return train_epoch(*args, **kwargs)
+
+    trainer._train_epoch = recording
+    return rates
+
+
+def test_step_schedule_decays_at_its_milestones_and_resumes(tiny_config):
+    settings = {
+        **tiny_config,
+        "epochs": 4,
+        "stopping_step": 10,
+        "learning_rate": 0.01,
+        "lr_scheduler": "step",
+        "lr_milestones": [2],
+        "lr_gamma": 0.1,
+    }
+    config, _, train_data, valid_data, _, model = build_pipeline(
+        model="GRU4Rec", dataset="tiny", config_dict=settings
+    )
+    trainer = Trainer(config, model)
+    rates = _epoch_learning_rates(trainer)
+    trainer.fit(train_data, valid_data, saved=False, show_progress=False)
+    assert rates == pytest.approx([0.01, 0.01, 0.001, 0.001])
+
+    # a run resumed after epoch 0 continues the schedule where it left off
+    # (a fresh scheduler would decay one epoch late)
+    config, _, train_data, valid_data, _, model = build_pipeline(
+        model="GRU4Rec", dataset="tiny", config_dict=settings
+    )
+    interrupted = Trainer(config, model)
+    interrupted._train_epoch(train_data, 0)
+    interrupted._save_checkpoint(0, verbose=False)
+    config, _, train_data, valid_data, _, model = build_pipeline(
+        model="GRU4Rec", dataset="tiny", config_dict=settings
+    )
+    resumed = Trainer(config, model)
+    resumed.resume_checkpoint(interrupted.saved_model_file)
+    rates = _epoch_learning_rates(resumed)
+    resumed.fit(train_data, valid_data, saved=False, show_progress=False)
+    assert rates == pytest.approx([0.01, 0.001, 0.001])
+
+
+def test_diffurecsys_defaults_decay_the_learning_rate_from_epoch_30():
+    config = build_config(model="DiffuRecSys")
+    assert (config["lr_scheduler"], config["lr_milestones"], config["lr_gamma"]) == (
+        "step",
+        [30],
+        0.1,
+    )
+    assert config["epochs"] == 41 and config["stopping_step"] >= 41
+    assert build_config(model="SASRec")["lr_scheduler"] == "none"
+
+
+@pytest.mark.parametrize(
     "model", ["ADRec", "CDDRec", "DiffuRec", "DiffuRecSys", "DuoRec"]
 )
 def test_heads_that_do_not_split_hidden_size_refused(model):

@@ -8,13 +8,20 @@ forward process during training (Eq. 17) and ensemble inference
 :mod:`recbole_diffusion.model.diffurec`, so the paper's ablation (Tables 1-3)
 runs from configs:
 
-==================================  =================  ================
-model name                          ``conditioning``   ``offset_noise``
-==================================  =================  ================
-``DiffuRec``                        sum                0
-``DiffuRecSys-V1`` ("Modified V1")  cross_attention    0
-``DiffuRecSys`` = ``DiffuRecSys-V2``  cross_attention  0.1
-==================================  =================  ================
+=============================  ===================  ================
+model name                     ``conditioning``     ``offset_noise``
+=============================  ===================  ================
+``DiffuRec``                   sum                  0
+``DiffuRecSys-Baseline``       sum                  0
+``DiffuRecSys-V1``             cross_attention      0
+``DiffuRecSys-V2``             cross_attention      0.1
+``DiffuRecSys``                cross_attention      0.1
+=============================  ===================  ================
+
+``DiffuRecSys-Baseline`` is DiffuRec under DiffuRecSys's training settings
+(the paper's Table 1 baseline), ``DiffuRecSys-V1`` its "Modified V1" and
+``DiffuRecSys-V2`` = ``DiffuRecSys`` its "Modified V2";
+``DiffuRecSys-Ensemble`` adds Algorithm 3 (``ensemble_size`` > 1).
 
 ``props/DiffuRecSys.yaml`` holds the paper's settings (V2); the variant files
 ``props/DiffuRecSys-V1.yaml`` / ``-V2.yaml`` override only the two switches.
@@ -43,10 +50,10 @@ Deviations (besides DiffuRec's, listed in
       times) and returns the log of the averaged softmax probabilities; the
       chains differ by their random draws, not by a list of fixed seeds, and
       the whole evaluation is reproducible under RecBole's ``seed``.
-    - The paper's step decay of the learning rate (x0.1 from epoch 30) is not
-      set: RecBole's trainer has no learning-rate scheduler, and the plugin
-      does not add one. ``epochs: 41`` and the other paper settings are the
-      defaults.
+    - Training runs all 41 epochs with the paper's step decay of the
+      learning rate (x0.1 from epoch 30, ``lr_scheduler: step``), but the
+      model evaluated is the epoch with the best validation NDCG@10, not the
+      last one (RecBole's protocol, the same for every model here).
 """
 
 from recbole_diffusion.model.diffurec import DiffuRec

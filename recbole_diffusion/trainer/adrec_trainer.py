@@ -32,7 +32,6 @@ from recbole.utils import set_color
 from recbole_diffusion.trainer.checkpoint import (
     CheckpointError,
     load_checkpoint,
-    to_plain,
 )
 from recbole_diffusion.trainer.trainer import Trainer
 from recbole_diffusion.utils import ConfigError
@@ -68,7 +67,6 @@ class ADRecTrainer(Trainer):
             3: config["epochs"],
         }
         self.pretrained_embedding = config["pretrained_embedding"]
-        self.lr_scheduler = config["lr_scheduler"] or "cosine"
         stem, extension = os.path.splitext(self.saved_model_file)
         self.stage_files = {
             stage: f"{stem}-stage{stage}{extension}" for stage in self.stage_epochs
@@ -77,7 +75,6 @@ class ADRecTrainer(Trainer):
         self.stage_results = {}
         self.stage_history = []
         self.stage = None
-        self.scheduler = None
         self._next_stage = None  # set by resume_checkpoint
         self._resumed_stage = None  # a stage resumed part-way
         self._stage_completed = False
@@ -91,22 +88,27 @@ class ADRecTrainer(Trainer):
     def _worst_score(self):
         return -np.inf if self.valid_metric_bigger else np.inf
 
-    def _build_scheduler(self, epochs):
-        if self.lr_scheduler == "none":
-            return None
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=max(epochs, 1)
-        )
-
     def _begin_stage(self, stage):
         """Set the model, optimizer, scheduler and counters up for ``stage``."""
         self.stage = stage
         self.model.stage = stage
-        embedding = self.model.item_embedding.weight
         # Frozen in stage 2: no gradient, and not in the optimizer, so weight
         # decay cannot move it either.
-        embedding.requires_grad_(stage != 2)
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.model.item_embedding.weight.requires_grad_(stage != 2)
+        # No gradient carried over from the stage before: a stale one on the
+        # frozen embedding would still count in clip_grad_norm.
+        self.model.zero_grad(set_to_none=True)
+        if stage == 1:
+            # Only what stage 1 trains: under DDP the other parameters get
+            # zero (not missing) gradients, and Adam's weight decay would
+            # then shrink the untrained ADM.
+            parameters = [
+                p
+                for name, p in self.model.named_parameters()
+                if name.startswith(PRETRAINED_PREFIXES)
+            ]
+        else:
+            parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = self._build_optimizer(params=parameters)
         self.scheduler = self._build_scheduler(self.stage_epochs[stage])
         self.start_epoch = 0
@@ -274,14 +276,6 @@ class ADRecTrainer(Trainer):
         )
         return self.best_valid_score, self.best_valid_result
 
-    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        losses = super()._train_epoch(
-            train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress
-        )
-        if self.scheduler is not None:
-            self.scheduler.step()
-        return losses
-
     def _valid_epoch(self, valid_data, show_progress=False):
         score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
         # the same test as RecBole's early_stopping, which saves on it
@@ -319,9 +313,6 @@ class ADRecTrainer(Trainer):
                     str(k): {str(m): float(x) for m, x in (v or {}).items()}
                     for k, v in self.stage_results.items()
                 },
-                "scheduler": (
-                    to_plain(self.scheduler.state_dict()) if self.scheduler else None
-                ),
             }
         )
         return state
@@ -367,8 +358,7 @@ class ADRecTrainer(Trainer):
             return checkpoint
         self._begin_stage(stage)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        if self.scheduler is not None and checkpoint.get("scheduler"):
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self._load_scheduler_state(checkpoint)
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
