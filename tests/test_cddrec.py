@@ -435,6 +435,50 @@ def test_only_real_targets_are_trained_and_steps_run_in_one_call(monkeypatch):
     assert (rows[n_targets:] >= 4).all()  # the rest are augmented-view tokens
 
 
+@pytest.mark.parametrize("view", ["crop", "mask", "reorder"])
+def test_cross_view_pairs_hold_the_same_item_slot(monkeypatch, view):
+    torch.manual_seed(5)
+    model = make_model()
+    sequences = [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11], [12, 13, 14, 15], [16, 17]]
+    batch = make_batch(sequences)
+    augment = getattr(model, f"augment_{view}")
+    views = []
+    monkeypatch.setattr(
+        model,
+        "augment",
+        lambda seq, length: views.append(augment(seq, length)) or views[-1],
+    )
+    captured = []
+    step_losses = model._step_losses
+
+    def spy(context, real, tokens, x0, negative_emb, pair_mask, steps):
+        captured.append((tokens, pair_mask))
+        return step_losses(context, real, tokens, x0, negative_emb, pair_mask, steps)
+
+    monkeypatch.setattr(model, "_step_losses", spy)
+    model.calculate_loss(batch)
+    (rows, positions), pair_mask = captured[0]
+    aug_seq, aug_len, offset = views[0]
+    both_views = torch.cat([batch["item_id_list"], aug_seq])
+    n_targets = int(pair_mask.numel())
+    original = rows[:n_targets][pair_mask], positions[:n_targets][pair_mask]
+    augmented = rows[n_targets:], positions[n_targets:]
+    assert augmented[0].numel() > 0
+    assert torch.equal(augmented[0], original[0] + len(sequences))  # same user
+    assert torch.equal(augmented[1], original[1] - offset[original[0]])
+    assert (augmented[1] < aug_len[original[0]]).all()
+    if view == "crop":
+        # the same item sits in both slots (all items are distinct here)
+        assert torch.equal(both_views[augmented], both_views[original])
+        assert (offset > 0).any()  # some crops really start later
+    # every original position whose slot exists in the view is paired
+    lengths = batch["item_length"][rows[:n_targets]]
+    in_view = (positions[:n_targets] - offset[rows[:n_targets]] >= 0) & (
+        positions[:n_targets] - offset[rows[:n_targets]] < aug_len[rows[:n_targets]]
+    )
+    assert torch.equal(pair_mask, in_view & (positions[:n_targets] < lengths))
+
+
 def test_step_chunks_give_the_same_loss_and_gradients():
     """Chunked steps (recomputed in backward) equal one call over all steps."""
     batch = make_batch()

@@ -53,7 +53,8 @@ steps in one call on the tokens that enter a loss only ([T N+M H]: the N
 real target positions and the M augmented-view positions paired with them),
 so padding costs nothing after the encoder. ``step_chunk_size`` splits the
 steps into chunks recomputed in the backward pass (activation checkpointing)
-to bound memory. The in-batch InfoNCE over all N tokens ([T 2N 2N]) is the
+to bound memory; each chunk then projects keys and values again (the default,
+all T steps in one call, does it once). The in-batch InfoNCE over all N tokens ([T 2N 2N]) is the
 dominant cost, as in the reference code. Negatives and augmentations are drawn with tensor operations (no
 Python loop over rows) from torch's global generator, which RecBole's
 ``init_seed`` seeds.
@@ -95,7 +96,12 @@ Deviations:
     - Negatives are uniform over the items absent from the training row (its
       input items and its targets), drawn exactly with one sorted search per
       batch. The reference excludes the user's whole history, valid and test
-      items included, which leaks the held-out targets into training.
+      items included, which leaks the held-out targets into training. The
+      training row is the user's whole training history when it fits in L
+      (nearly every Amazon user at L 20); a longer history's older items,
+      and with ``train_windows: all`` the user's other windows, can be drawn
+      as negatives (the spec's "outside the user's sequence" read as the
+      sequence the model is shown).
     - Only the spec's loss is used: the reference also adds the
       cross-divergence of the augmented view at every step, which the paper
       (Eq. 8) does not have.
