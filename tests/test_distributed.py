@@ -92,6 +92,40 @@ def test_two_gloo_processes_evaluate_the_same_users_as_one(tmp_path):
     assert config["single_spec"] and config["world_size"] is None
 
 
+@pytest.mark.parametrize("model", ["ADRec", "CDDRec", "DuoRec"])
+def test_every_plugin_model_trains_on_two_gloo_processes(tmp_path, model):
+    """Whole-sequence data, three-stage training (ADRec's optimizer and DDP
+    wrapper change per stage) and same-target sampling (DuoRec) under DDP:
+    one epoch (per stage), every test user evaluated once."""
+    data_path = write_tiny_dataset(str(tmp_path / "data"), users=ODD_USERS)
+    settings = {
+        "data_path": data_path,
+        "epochs": 1,
+        "pretrain_epochs": 1,
+        "warmup_epochs": 1,
+        "train_batch_size": 16,
+        "eval_batch_size": 64,
+        "hidden_size": 16,
+        "inner_size": 32,
+        "n_layers": 1,
+        "MAX_ITEM_LIST_LENGTH": 10,
+        "diffusion_steps": 4,
+        "show_progress": False,
+        "log_wandb": False,
+        "seed": 2020,
+        "worker": 0,
+        "state": "warning",
+        "checkpoint_dir": str(tmp_path / "saved"),
+    }
+    result = run_distributed(
+        model=model, dataset="tiny", config_dict=settings, nproc=2, port=free_port()
+    )
+    assert sorted(result["test_users"]) == list(range(1, ODD_USERS + 1))
+    assert 0 <= result["test_result"]["ndcg@10"] <= result["test_result"]["hit@10"]
+    config, loaded, *_ = load_data_and_model(result["model_file"])
+    assert type(loaded).__name__ == model
+
+
 def test_nproc_beyond_the_machine_is_refused(tiny_data_path, capsys):
     status = cli.main(
         [
