@@ -185,6 +185,10 @@ def run_distributed(
         "cmd_args": cmd_args,
         "saved": saved,
     }
+    # RecBole's processes each create these with a check-then-create
+    # (``ensure_dir``): on a fresh machine two of them race and one fails.
+    for folder in (os.path.join("log", config["model"]), config["checkpoint_dir"]):
+        os.makedirs(folder, exist_ok=True)
     queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(
         _worker,

@@ -92,11 +92,39 @@ def test_two_gloo_processes_evaluate_the_same_users_as_one(tmp_path):
     assert config["single_spec"] and config["world_size"] is None
 
 
+def test_shared_folders_exist_before_the_processes_start(
+    tmp_path, monkeypatch, tiny_data_path
+):
+    """RecBole's processes create ./log/<model> and the checkpoint folder with
+    a check-then-create; on a fresh machine two processes race and one fails,
+    so the parent creates them first."""
+    import torch.multiprocessing as mp
+
+    monkeypatch.chdir(tmp_path)  # a fresh working directory: no ./log yet
+    seen = {}
+
+    def spawn(*args, **kwargs):
+        seen["log"] = os.path.isdir(tmp_path / "log" / "DuoRec")
+        seen["saved"] = os.path.isdir(tmp_path / "ckpt")
+
+    monkeypatch.setattr(mp, "spawn", spawn)
+    run_distributed(
+        model="DuoRec",
+        dataset="tiny",
+        config_dict={"data_path": tiny_data_path, "checkpoint_dir": "ckpt"},
+        nproc=2,
+        port=free_port(),
+    )
+    assert seen == {"log": True, "saved": True}
+
+
 @pytest.mark.parametrize("model", ["ADRec", "CDDRec", "DuoRec"])
-def test_every_plugin_model_trains_on_two_gloo_processes(tmp_path, model):
+def test_every_plugin_model_trains_on_two_gloo_processes(tmp_path, model, monkeypatch):
     """Whole-sequence data, three-stage training (ADRec's optimizer and DDP
     wrapper change per stage) and same-target sampling (DuoRec) under DDP:
-    one epoch (per stage), every test user evaluated once."""
+    one epoch (per stage), every test user evaluated once, from a fresh
+    working directory (no ./log yet)."""
+    monkeypatch.chdir(tmp_path)
     data_path = write_tiny_dataset(str(tmp_path / "data"), users=ODD_USERS)
     settings = {
         "data_path": data_path,
