@@ -1,4 +1,5 @@
-"""RecBole's trainer with safe checkpoints and a clear stop on a diverged loss."""
+"""RecBole's trainer with safe checkpoints, a clear stop on a diverged loss and
+a per-epoch learning-rate schedule."""
 
 import os
 from collections import Counter
