@@ -18,6 +18,24 @@ from recbole_diffusion.trainer.distributed import (
 ODD_USERS = 61
 
 
+def _ddp_settings(tmp_path, **overrides):
+    """A one-epoch run on a tiny dataset with an odd number of users."""
+    return {
+        "data_path": write_tiny_dataset(str(tmp_path / "data"), users=ODD_USERS),
+        "epochs": 1,
+        "eval_batch_size": 64,
+        "hidden_size": 16,
+        "n_layers": 1,
+        "MAX_ITEM_LIST_LENGTH": 10,
+        "show_progress": False,
+        "log_wandb": False,
+        "seed": 2020,
+        "worker": 0,
+        "state": "warning",
+        **overrides,
+    }
+
+
 @pytest.mark.parametrize("num_rows, world_size", [(5, 2), (60, 2), (61, 2), (61, 3)])
 def test_evaluation_shards_cover_every_row_once(num_rows, world_size):
     shards = [
@@ -52,24 +70,13 @@ def test_two_gloo_processes_evaluate_the_same_users_as_one(tmp_path):
     """One epoch on 2 processes: every test user once, and, with the weights
     left at their (rank-0) initialisation by a zero learning rate, exactly the
     one-process metrics."""
-    data_path = write_tiny_dataset(str(tmp_path / "data"), users=ODD_USERS)
-    settings = {
-        "data_path": data_path,
-        "epochs": 1,
-        "learning_rate": 0.0,
-        "train_batch_size": 32,
-        "eval_batch_size": 64,
-        "hidden_size": 16,
-        "n_layers": 1,
-        "MAX_ITEM_LIST_LENGTH": 10,
-        "diffusion_steps": 8,
-        "show_progress": False,
-        "log_wandb": False,
-        "seed": 2020,
-        "reproducibility": True,
-        "worker": 0,
-        "state": "warning",
-    }
+    settings = _ddp_settings(
+        tmp_path,
+        learning_rate=0.0,
+        train_batch_size=32,
+        diffusion_steps=8,
+        reproducibility=True,
+    )
     single = run_recbole_diffusion(
         model="DiffuRec",
         dataset="tiny",
@@ -125,26 +132,15 @@ def test_every_plugin_model_trains_on_two_gloo_processes(tmp_path, model, monkey
     one epoch (per stage), every test user evaluated once, from a fresh
     working directory (no ./log yet)."""
     monkeypatch.chdir(tmp_path)
-    data_path = write_tiny_dataset(str(tmp_path / "data"), users=ODD_USERS)
-    settings = {
-        "data_path": data_path,
-        "epochs": 1,
-        "pretrain_epochs": 1,
-        "warmup_epochs": 1,
-        "train_batch_size": 16,
-        "eval_batch_size": 64,
-        "hidden_size": 16,
-        "inner_size": 32,
-        "n_layers": 1,
-        "MAX_ITEM_LIST_LENGTH": 10,
-        "diffusion_steps": 4,
-        "show_progress": False,
-        "log_wandb": False,
-        "seed": 2020,
-        "worker": 0,
-        "state": "warning",
-        "checkpoint_dir": str(tmp_path / "saved"),
-    }
+    settings = _ddp_settings(
+        tmp_path,
+        pretrain_epochs=1,
+        warmup_epochs=1,
+        train_batch_size=16,
+        inner_size=32,
+        diffusion_steps=4,
+        checkpoint_dir=str(tmp_path / "saved"),
+    )
     result = run_distributed(
         model=model, dataset="tiny", config_dict=settings, nproc=2, port=free_port()
     )
