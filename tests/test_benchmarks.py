@@ -227,6 +227,34 @@ def test_page_lists_failed_units_and_tests_against_the_best_baseline():
     assert f"{expected['p']:.3f}" in line
 
 
+def test_published_numbers_pair_each_paper_row_with_ours_only():
+    records = [
+        _unit("SASRec", 1, 0.03),
+        _unit("DiffuRec", 1, 0.02),
+        _unit("CDDRec", 1, 0.04, **{"hit@20": 0.10, "ndcg@20": 0.05}),
+        _unit("ADRec", 1, 0.05, **{"hit@20": 0.12, "ndcg@20": 0.04}),
+    ]
+    page = render.render_page(records, "amazon-beauty", "cpu")
+    section = page.split("## Published numbers", 1)[1].split("\n## ", 1)[0]
+    tables = section.split("Source: ")[1:]
+    diffurecsys, cddrec, adrec = tables
+    # each paper table lists our row only beside a model that paper reports
+    assert "| SASRec (ours) | 0.0300 |" in diffurecsys
+    assert "| DiffuRec (ours) | 0.0200 |" in diffurecsys
+    assert "CDDRec (ours)" not in diffurecsys and "ADRec (ours)" not in diffurecsys
+    assert "| CDDRec (ours) | 0.0400 |" in cddrec and "DiffuRec (ours)" not in cddrec
+    # ADRec's paper gives only relative gains: ours is the same ratio, against the
+    # best other diffusion model in each column (CDDRec on both here)
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+        for line in adrec.splitlines()
+        if line.startswith("| HR@20") or line.startswith("| NDCG@20")
+    }
+    assert rows["HR@20"][1:] == ["+15.45%", "0.1200", "CDDRec 0.1000", "+20.00%"]
+    assert rows["NDCG@20"][1:] == ["+13.02%", "0.0400", "CDDRec 0.0500", "-20.00%"]
+    assert "Published numbers" not in render.render_page(records, "hand", "cpu")
+
+
 def test_plan_skips_finished_units_and_reruns_a_changed_protocol(tmp_path):
     protocol = tmp_path / "p.yaml"
     protocol.write_text(TINY_PROTOCOL)
