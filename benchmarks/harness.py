@@ -449,7 +449,7 @@ def full_sort_throughput(model, eval_data, device, max_users=None):
     """Users per second of ``full_sort_predict`` over ``eval_data`` (in order).
 
     One small untimed batch first, so one-off allocations are not counted.
-    A pass stops after the batch that reaches ``max_users``; passes repeat
+    A pass is the first ``max_users`` users (all, if None); passes repeat
     (at most 5) until 2 s have elapsed. Returns (users/s, users of one pass).
     """
     import torch
@@ -468,7 +468,11 @@ def full_sort_throughput(model, eval_data, device, max_users=None):
         for _ in range(5):
             pass_users = 0
             for batched in eval_data:
-                interaction = batched[0].to(device)
+                interaction = batched[0]
+                if max_users:
+                    # cut the last batch, so a pass is max_users, not a whole batch
+                    interaction = interaction[: max_users - pass_users]
+                interaction = interaction.to(device)
                 model.full_sort_predict(interaction)
                 pass_users += len(interaction)
                 if max_users and pass_users >= max_users:

@@ -390,6 +390,9 @@ def test_speed_child_measures_trimming_and_cache_switches(tmp_path, model, extra
     record = execute_speed(spec)
     assert record["status"] == "ok", record["error"]
     assert record[extra_field] > 0
+    # a pass is max_users users, though an evaluation batch holds 64
+    assert record["users_measured"] == 32
+    assert all(row["users_measured"] == 32 for row in record["inference"])
     assert [row["inference_steps"] for row in record["inference"]] == [8, 4]
     sasrec = dict(record, model="SASRec", inference=[])
     for key in ("train_steps_per_second_untrimmed", "users_per_second_uncached"):
