@@ -16,6 +16,7 @@ best baseline's (the baseline with the highest mean NDCG@10).
 """
 
 import argparse
+import datetime
 import statistics
 import sys
 from collections import defaultdict
@@ -43,6 +44,7 @@ __all__ = [
     "improvement",
     "mark_best",
     "paired_ttest",
+    "most_at_once",
     "render_page",
     "render_speed",
     "summarize",
@@ -558,8 +560,9 @@ def render_page(records, dataset, protocol, raw_name=None, plot_name=None):
         )
     if units:
         lines.append(
-            f"- Wall time: {_fmt_seconds(wall)} over {len(units)} units, run one at "
-            f"a time (first unit started {starts[0] if starts else '?'}, "
+            f"- Wall time: {_fmt_seconds(wall)} over {len(units)} units, "
+            f"{_concurrency_text(most_at_once(units))} "
+            f"(first unit started {starts[0] if starts else '?'}, "
             f"last finished {ends[-1] if ends else '?'})."
         )
     lines.append("")
@@ -674,6 +677,31 @@ def render_page(records, dataset, protocol, raw_name=None, plot_name=None):
         lines.append("None.")
     lines.append("")
     return "\n".join(lines)
+
+
+def most_at_once(units):
+    """The largest number of units whose [started_at, finished_at] overlapped."""
+    events = []
+    for unit in units:
+        if unit.get("started_at") and unit.get("finished_at"):
+            start = datetime.datetime.fromisoformat(unit["started_at"])
+            end = datetime.datetime.fromisoformat(unit["finished_at"])
+            events += [(start, 1), (end, -1)]
+    running = most = 0
+    # an end sorts before a start at the same instant: back-to-back is not overlap
+    for _, change in sorted(events):
+        running += change
+        most = max(most, running)
+    return most
+
+
+def _concurrency_text(most):
+    if most <= 1:
+        return "run one at a time"
+    return (
+        f"at most {most} at a time, so overlapping units shared the cores and "
+        "ran slower than alone"
+    )
 
 
 def _valid_metric(units):

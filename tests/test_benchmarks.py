@@ -255,6 +255,23 @@ def test_published_numbers_pair_each_paper_row_with_ours_only():
     assert "Published numbers" not in render.render_page(records, "hand", "cpu")
 
 
+def test_page_states_how_many_units_ran_at_once():
+    def timed(model, start, end):
+        return dict(
+            _unit(model, 1, 0.1),
+            started_at=f"2026-01-01T{start}:00+00:00",
+            finished_at=f"2026-01-01T{end}:00+00:00",
+        )
+
+    in_turn = [timed("SASRec", "00:00", "01:00"), timed("GRU4Rec", "01:00", "02:00")]
+    assert render.most_at_once(in_turn) == 1
+    assert "run one at a time" in render.render_page(in_turn, "hand", "cpu")
+    side_by_side = in_turn + [timed("DiffuRec", "00:30", "01:30")]
+    assert render.most_at_once(side_by_side) == 2
+    page = render.render_page(side_by_side, "hand", "cpu")
+    assert "at most 2 at a time" in page and "run one at a time" not in page
+
+
 def test_plan_skips_finished_units_and_reruns_a_changed_protocol(tmp_path):
     protocol = tmp_path / "p.yaml"
     protocol.write_text(TINY_PROTOCOL)
