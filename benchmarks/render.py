@@ -292,13 +292,15 @@ def improvement(summary, metric):
     baseline = best_of(summary, metric, False)
     if diffusion is None or baseline is None:
         return None
-    base_value = summary[baseline]["mean"][metric]
-    gain = (
-        (summary[diffusion]["mean"][metric] - base_value) / base_value
-        if base_value
-        else None
+    gain = relative_gain(
+        summary[diffusion]["mean"][metric], summary[baseline]["mean"][metric]
     )
     return diffusion, baseline, gain
+
+
+def relative_gain(value, reference):
+    """(value - reference) / reference, or None for a zero reference."""
+    return (value - reference) / reference if reference else None
 
 
 def paired_ttest(model_values, baseline_values):
@@ -780,16 +782,15 @@ def _reference_section(dataset, summary, protocol):
         # "ours" only beside a model this source reports: a row with no published
         # partner would repeat the results table, not compare with anything.
         for model in sorted(rows, key=model_sort_key):
-            if model in rows:
-                table_rows.append(
-                    [
-                        f"{model} (paper)",
-                        *(
-                            f"{rows[model][m]:.4f}" if m in rows[model] else "–"
-                            for m in metrics
-                        ),
-                    ]
-                )
+            table_rows.append(
+                [
+                    f"{model} (paper)",
+                    *(
+                        f"{rows[model][m]:.4f}" if m in rows[model] else "–"
+                        for m in metrics
+                    ),
+                ]
+            )
             if model in summary:
                 table_rows.append(
                     [
@@ -817,27 +818,26 @@ def _adrec_claim_lines(dataset, summary):
         + ".",
         "",
     ]
-    others = [m for m in summary if is_diffusion(m) and m.split("-", 1)[0] != "ADRec"]
-    if "ADRec" not in summary or not others:
-        return lines + ["Ours: needs ADRec and another diffusion model.", ""]
+    others = {m: s for m, s in summary.items() if m.split("-", 1)[0] != "ADRec"}
     rows = []
     for metric, claimed in ADREC_CLAIM.items():
-        values = {m: summary[m]["mean"][metric] for m in others}
-        values = {m: v for m, v in values.items() if v is not None}
-        ours = summary["ADRec"]["mean"][metric]
-        if not values or ours is None:
+        best = best_of(others, metric, diffusion=True)
+        ours = summary["ADRec"]["mean"][metric] if "ADRec" in summary else None
+        if best is None or ours is None:
             continue
-        best = max(values, key=values.get)
-        gain = (ours - values[best]) / values[best] if values[best] else None
+        reference = summary[best]["mean"][metric]
+        gain = relative_gain(ours, reference)
         rows.append(
             [
                 METRIC_LABELS[metric],
                 f"{claimed:+.2%}",
                 fmt_metric(ours, None),
-                f"{best} {fmt_metric(values[best], None)}",
+                f"{best} {fmt_metric(reference, None)}",
                 "–" if gain is None else f"{gain:+.2%}",
             ]
         )
+    if not rows:
+        return lines + ["Ours: needs ADRec and another diffusion model.", ""]
     lines += _table(
         [
             "metric",
