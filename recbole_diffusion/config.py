@@ -25,7 +25,13 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.evaluator.register import metric_types
 
-from recbole_diffusion.utils import ConfigError, _closest, check_lr_schedule, get_model
+from recbole_diffusion.utils import (
+    MODEL_ALIASES,
+    ConfigError,
+    _closest,
+    check_lr_schedule,
+    get_model,
+)
 
 __all__ = [
     "Config",
@@ -72,6 +78,7 @@ def resolve_model(model_name):
     """Split ``Model-Variant`` into the model class and its property files."""
     root = props_dir()
     files = [root / "overall.yaml"]
+    model_name = MODEL_ALIASES.get(model_name, model_name)
     if "-" in model_name and (root / f"{model_name}.yaml").is_file():
         base_name = model_name.split("-", 1)[0]
         model_class = get_model(base_name)

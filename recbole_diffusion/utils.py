@@ -26,6 +26,9 @@ __all__ = [
 ]
 
 # RecBole's model packages, by the model type they hold.
+# Model names that are not Python identifiers, and the class each one names.
+MODEL_ALIASES = {"SASRec+": "SASRecPlus"}
+
 _RECBOLE_MODEL_PACKAGES = [
     "general_recommender",
     "context_aware_recommender",
@@ -178,6 +181,7 @@ def available_models():
             except ImportError:  # an optional library (lightgbm, xgboost) is absent
                 continue
             names += _classes_named_like(module, module_name)
+    names += [alias for alias, name in MODEL_ALIASES.items() if name in names]
     return sorted(set(names), key=str.lower)
 
 
@@ -204,6 +208,7 @@ def get_model(model_name):
     """
     if not isinstance(model_name, str) or not model_name:
         raise UnknownModelError(f"A model name is required, got {model_name!r}.")
+    model_name = MODEL_ALIASES.get(model_name, model_name)
     module_name = model_name.lower()
     if module_name in _plugin_model_modules():
         module = importlib.import_module(f"recbole_diffusion.model.{module_name}")
