@@ -136,6 +136,7 @@ def load_protocol(name_or_path):
         "common",
         "datasets",
         "models",
+        "score_inference_steps",
     }
     unknown = set(content) - allowed
     if unknown:
@@ -166,6 +167,7 @@ def load_protocol(name_or_path):
         "description": " ".join(str(content.get("description") or "").split()),
         "seeds": seeds,
         "threads": content.get("threads"),
+        "score_inference_steps": list(content.get("score_inference_steps") or []),
         "common": dict(_mapping(content.get("common"), "common")),
         "datasets": datasets,
         "models": models,
@@ -400,7 +402,9 @@ def to_plain(value):
 def timed_trainer_class(trainer_class):
     """``trainer_class`` that records epoch times, validation scores and saves."""
 
-    class BenchmarkTrainer(trainer_class):
+    from benchmarks.unit_state import ResumableTrainerMixin
+
+    class BenchmarkTrainer(ResumableTrainerMixin, trainer_class):
         def __init__(self, config, model):
             super().__init__(config, model)
             self.bench_epoch_seconds = []
@@ -556,11 +560,22 @@ def execute_unit(spec):
             record["train_rows"] = len(train_data.dataset)
             trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
             trainer = timed_trainer_class(trainer_class)(config, model)
+            _resume_if_interrupted(
+                trainer, spec, record, train_data, valid_data, test_data
+            )
 
-            start = time.perf_counter()
-            trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+            trainer.bench_clock = time.perf_counter()
+            trainer.fit(
+                train_data,
+                valid_data,
+                saved=True,
+                show_progress=False,
+                callback_fn=trainer.bench_epoch_end,
+            )
             sync(device)
-            record["train_seconds"] = time.perf_counter() - start
+            record["train_seconds"] = trainer.bench_prior_seconds + (
+                time.perf_counter() - trainer.bench_clock
+            )
             # the test metrics of the checkpoint that validation chose
             test_result = trainer.evaluate(
                 test_data, load_best_model=True, show_progress=False
@@ -571,6 +586,9 @@ def execute_unit(spec):
             users_per_second, users = full_sort_throughput(model, test_data, device)
             record["users_per_second"] = users_per_second
             record["throughput_users"] = users
+            by_steps = _score_inference_steps(spec, trainer, model, test_data)
+            if by_steps:
+                record["test_by_inference_steps"] = by_steps
             if _any_nan(record["metrics"]):
                 record["status"] = DIVERGED
                 record["error"] = "test metrics are NaN"
@@ -590,6 +608,11 @@ def execute_unit(spec):
         record["seconds_per_epoch"] = sum(epochs) / len(epochs) if epochs else None
         record["valid_curve"] = trainer.bench_valid_curve
         record["best_epoch"], record["best_stage"] = trainer.bench_best_epoch()
+        record["stop_reasons"] = dict(trainer.bench_stop_reasons)
+        record["stop_reason"] = unit_stop_reason(trainer.bench_stop_reasons)
+        if trainer.bench_resumes:
+            record["resumed"] = len(trainer.bench_resumes)
+            record["resumes"] = trainer.bench_resumes
         if getattr(trainer, "stage_scores", None):  # ADRec's stages
             record["stage_scores"] = {
                 str(k): v for k, v in trainer.stage_scores.items()
@@ -602,6 +625,64 @@ def execute_unit(spec):
     record.setdefault("versions", _safe(library_versions))
     record["finished_at"] = now_iso()
     return record
+
+
+def _resume_if_interrupted(trainer, spec, record, *loaders):
+    """Name the unit's files; continue from its resume state if there is one."""
+    from benchmarks.unit_state import load_resume_state, unit_file_stem
+
+    checkpoint_dir = Path(spec["checkpoint_dir"])
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    stem = unit_file_stem(spec)
+    resume_file = checkpoint_dir / f"{stem}.resume.pth"
+    trainer.bench_setup(
+        spec,
+        list(loaders),
+        resume_file,
+        spec.get("progress_file"),
+        checkpoint_dir / f"{stem}.pth",
+    )
+    state = load_resume_state(resume_file, spec)
+    if state is not None:
+        trainer.bench_restore(state)
+        print(
+            f"resumed after epoch {state['epoch']}"
+            + (f" of stage {state['stage']}" if state["stage"] is not None else "")
+            + f" ({len(trainer.bench_epoch_seconds)} epochs trained before)",
+            flush=True,
+        )
+
+
+def unit_stop_reason(stop_reasons):
+    """``early_stopping`` when every early-stopped stage stopped early.
+
+    ADRec's warm-up (stage 2) always runs its fixed number of epochs, so it
+    does not count; any other stage that ran out of epochs makes it ``budget``.
+    """
+    reasons = [r for stage, r in stop_reasons.items() if stage != "2"]
+    if not reasons:
+        return None
+    return "early_stopping" if all(r == "early_stopping" for r in reasons) else "budget"
+
+
+def _score_inference_steps(spec, trainer, model, test_data):
+    """Test metrics of the chosen model at each of the protocol's reverse-chain
+    lengths (``score_inference_steps``), for models with a reverse chain."""
+    steps = spec.get("score_inference_steps") or []
+    if not steps or not hasattr(model, "inference_steps"):
+        return None
+    original = model.inference_steps
+    by_steps = {}
+    try:
+        for count in steps:
+            model.inference_steps = int(count)
+            result = trainer.evaluate(
+                test_data, load_best_model=False, show_progress=False
+            )
+            by_steps[str(count)] = _plain_metrics(result)
+    finally:
+        model.inference_steps = original
+    return by_steps
 
 
 def _safe(function):
@@ -685,6 +766,40 @@ def run_child(mode, spec, log_path, work_dir, timeout=None):
     return result, code, error
 
 
+def progress_path(results_dir, unit):
+    """The JSON file that shows a unit in progress on the page."""
+    model = unit["model"].replace("+", "Plus")
+    name = f"{unit['dataset']}.{unit['protocol']}.{model}.seed{unit['seed']}.json"
+    return Path(results_dir) / "raw" / "progress" / name
+
+
+def read_progress(results_dir, dataset, protocol_name):
+    """The progress records of a table's units that are still running."""
+    folder = Path(results_dir) / "raw" / "progress"
+    records = []
+    for path in sorted(folder.glob(f"{dataset}.{protocol_name}.*.json")):
+        try:
+            records.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return records
+
+
+def _unit_files_done(spec):
+    """Remove a finished unit's resume state and progress file."""
+    from benchmarks.unit_state import unit_file_stem
+
+    resume_file = Path(spec["checkpoint_dir"]) / f"{unit_file_stem(spec)}.resume.pth"
+    resume_file.unlink(missing_ok=True)
+    Path(spec["progress_file"]).unlink(missing_ok=True)
+
+
+def _has_resume_state(checkpoint_dir, unit):
+    from benchmarks.unit_state import unit_file_stem
+
+    return (Path(checkpoint_dir) / f"{unit_file_stem(unit)}.resume.pth").is_file()
+
+
 def _relative(path):
     try:
         return str(Path(path).resolve().relative_to(PROJECT_ROOT))
@@ -692,8 +807,21 @@ def _relative(path):
         return str(path)
 
 
-def plan_units(dataset, models, n_seeds, protocol, records, retry_failed=False):
-    """Split the requested units into (to run, skipped) given the raw records."""
+def plan_units(
+    dataset,
+    models,
+    n_seeds,
+    protocol,
+    records,
+    retry_failed=False,
+    checkpoint_dir=None,
+):
+    """Split the requested units into (to run, skipped) given the raw records.
+
+    A unit with a resume state in ``checkpoint_dir`` (interrupted: a crash, a
+    timeout, a killed process) is run again, and continues, unless it already
+    has a record with status ok.
+    """
     if n_seeds > len(protocol["seeds"]):
         raise ProtocolError(
             f"--seeds={n_seeds} but protocol '{protocol['name']}' lists "
@@ -719,10 +847,12 @@ def plan_units(dataset, models, n_seeds, protocol, records, retry_failed=False):
                 "fingerprint": stamp,
             }
             prior = latest.get((model, seed))
-            finished = (
-                prior is not None
-                and prior.get("fingerprint") == stamp
-                and (prior.get("status") == OK or not retry_failed)
+            same = prior is not None and prior.get("fingerprint") == stamp
+            interrupted = checkpoint_dir is not None and _has_resume_state(
+                checkpoint_dir, unit
+            )
+            finished = same and (
+                prior.get("status") == OK or not (retry_failed or interrupted)
             )
             (skipped if finished else to_run).append(unit)
     return to_run, skipped
@@ -743,8 +873,17 @@ def run_units(
 ):
     """Run every unit not yet in the raw file, one at a time; return the counts."""
     path = raw_path(results_dir, dataset, protocol["name"])
+    checkpoint_dir = (
+        Path(work_dir) / "checkpoints" / f"{dataset}.{protocol['name']}"
+    ).resolve()
     to_run, skipped = plan_units(
-        dataset, models, n_seeds, protocol, read_raw(path), retry_failed
+        dataset,
+        models,
+        n_seeds,
+        protocol,
+        read_raw(path),
+        retry_failed,
+        checkpoint_dir=checkpoint_dir,
     )
     for unit in skipped:
         echo(f"skip {unit['model']} seed {unit['seed']}: already in {_relative(path)}")
@@ -753,11 +892,11 @@ def run_units(
     counts = {"run": 0, "skipped": len(skipped), "ok": 0, "not_ok": 0}
     for number, unit in enumerate(to_run, 1):
         spec = dict(unit)
-        spec["checkpoint_dir"] = str(
-            (work_dir / "checkpoints" / f"{dataset}.{protocol['name']}").resolve()
-        )
+        spec["checkpoint_dir"] = str(checkpoint_dir)
         spec["data_path"] = data_path
         spec["threads"] = threads
+        spec["score_inference_steps"] = protocol.get("score_inference_steps") or []
+        spec["progress_file"] = str(progress_path(results_dir, unit))
         log_path = _unit_log_path(work_dir, spec)
         echo(
             f"[{number}/{len(to_run)}] {dataset} {protocol['name']} {unit['model']} "
@@ -781,6 +920,9 @@ def run_units(
         result["exit_code"] = code
         result["log"] = _relative(log_path)
         append_raw(path, result)
+        if result["status"] in (OK, DIVERGED, FAILED):
+            # finished for good: a rerun starts afresh only with --retry-failed
+            _unit_files_done(spec)
         counts["run"] += 1
         if result["status"] == OK:
             counts["ok"] += 1
