@@ -25,7 +25,9 @@ from benchmarks.harness import (  # noqa: E402
     DEFAULT_PROTOCOL,
     DEFAULT_RESULTS_DIR,
     PROJECT_ROOT,
+    latest_records,
     raw_path,
+    read_progress,
     read_raw,
 )
 from benchmarks.report.figures import render_plot  # noqa: E402
@@ -39,6 +41,7 @@ from benchmarks.report.stats import (  # noqa: E402
     most_at_once,
     paired_ttest,
 )
+from benchmarks.report.training import render_curves, running_units  # noqa: E402
 
 __all__ = [
     "MODEL_ORDER",
@@ -73,8 +76,25 @@ def write_page(dataset, protocol=DEFAULT_PROTOCOL, results_dir=DEFAULT_RESULTS_D
         render_plot(summary, plot_path, f"{dataset}, {protocol} protocol")
         plot_name = plot_path.name
         written.append(plot_path)
+    progress = read_progress(results_dir, dataset, protocol)
+    running = running_units(records, progress)
+    curves_path = results_dir / f"{stem}.curves.png"
+    curves_name = None
+    if any(r.get("valid_curve") for r in records) or running:
+        title = f"{dataset}, {protocol} protocol"
+        if render_curves(
+            list(latest_records(records).values()), running, curves_path, title
+        ):
+            curves_name = curves_path.name
+            written.append(curves_path)
     page = render_page(
-        records, dataset, protocol, raw_name=f"raw/{path.name}", plot_name=plot_name
+        records,
+        dataset,
+        protocol,
+        raw_name=f"raw/{path.name}",
+        plot_name=plot_name,
+        progress=progress,
+        curves_name=curves_name,
     )
     page_path = results_dir / f"{stem}.md"
     page_path.write_text(page, encoding="utf-8")

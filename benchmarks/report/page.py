@@ -46,6 +46,12 @@ from benchmarks.report.tables import (
     unique,
     versions_text,
 )
+from benchmarks.report.training import (
+    diffusion_adds_section,
+    is_ablation,
+    running_section,
+    stopping_section,
+)
 
 __all__ = [
     "output_stem",
@@ -127,8 +133,25 @@ def output_stem(dataset, protocol):
     return dataset if protocol == DEFAULT_PROTOCOL else f"{dataset}.{protocol}"
 
 
-def render_page(records, dataset, protocol, raw_name=None, plot_name=None):
-    """The markdown page of one dataset and protocol, from its raw records."""
+def render_page(
+    records,
+    dataset,
+    protocol,
+    raw_name=None,
+    plot_name=None,
+    progress=(),
+    curves_name=None,
+):
+    """The markdown page of one dataset and protocol, from its raw records.
+
+    ``progress``: the progress records of units still running (shown as
+    such); ``curves_name``: the learning-curve figure beside the table.
+    Ablation variants (``<Model>-Lambda<value>``) are compared with their
+    parents in their own section, not ranked in the results table.
+    """
+    all_units = list(latest_records(records).values())
+    all_summary = summarize(records)
+    records = [r for r in records if not is_ablation(r.get("model", ""))]
     latest = latest_records(records)
     units = list(latest.values())
     summary = summarize(records)
@@ -260,6 +283,18 @@ def render_page(records, dataset, protocol, raw_name=None, plot_name=None):
     else:
         lines.append("No unit finished yet.")
     lines.append("")
+    lines += running_section(records, progress)
+    if curves_name:
+        lines += [
+            "Learning curves: validation NDCG@10 after every epoch, against the "
+            "epoch and against cumulative training seconds (log scale), one line "
+            "per unit.",
+            "",
+            f"![validation NDCG@10 against epoch and training time]({curves_name})",
+            "",
+        ]
+    lines += stopping_section(all_units)
+    lines += diffusion_adds_section(all_summary)
 
     # significance
     lines += _ttest_section(summary)

@@ -23,6 +23,7 @@ __all__ = [
 MODEL_ORDER = [
     "GRU4Rec",
     "SASRec",
+    "SASRec+",
     "BERT4Rec",
     "DuoRec",
     "DiffuRec",
