@@ -27,7 +27,6 @@ from benchmarks.harness import (  # noqa: E402
     PROJECT_ROOT,
     latest_records,
     raw_path,
-    read_progress,
     read_raw,
 )
 from benchmarks.report.figures import render_plot  # noqa: E402
@@ -42,6 +41,7 @@ from benchmarks.report.stats import (  # noqa: E402
     paired_ttest,
 )
 from benchmarks.report.training import render_curves, running_units  # noqa: E402
+from benchmarks.runner import read_progress  # noqa: E402
 
 __all__ = [
     "MODEL_ORDER",

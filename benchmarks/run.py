@@ -27,8 +27,8 @@ from benchmarks.harness import (  # noqa: E402
     DEFAULT_WORK_DIR,
     ProtocolError,
     load_protocol,
-    run_units,
 )
+from benchmarks.runner import run_units  # noqa: E402
 
 DEFAULT_MODELS = "SASRec,GRU4Rec,BERT4Rec,DuoRec,DiffuRec,DiffuRecSys,CDDRec,ADRec"
 

@@ -15,7 +15,7 @@ from conftest import write_tiny_dataset
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import harness, render  # noqa: E402
+from benchmarks import harness, render, runner  # noqa: E402
 
 TINY_PROTOCOL = """\
 description: seconds-long smoke run on the tiny synthetic dataset
@@ -302,7 +302,7 @@ def test_plan_skips_finished_units_and_reruns_a_changed_protocol(tmp_path):
             "fingerprint": "old",
         },
     ]
-    to_run, skipped = harness.plan_units(
+    to_run, skipped = runner.plan_units(
         "tiny", ["GRU4Rec", "SASRec"], 2, loaded, records
     )
     assert [(u["model"], u["seed"]) for u in skipped] == [
@@ -313,12 +313,12 @@ def test_plan_skips_finished_units_and_reruns_a_changed_protocol(tmp_path):
         ("SASRec", 2020),
         ("SASRec", 2021),
     ]
-    to_run, _ = harness.plan_units(
+    to_run, _ = runner.plan_units(
         "tiny", ["GRU4Rec"], 2, loaded, records, retry_failed=True
     )
     assert [(u["model"], u["seed"]) for u in to_run] == [("GRU4Rec", 2021)]
     with pytest.raises(harness.ProtocolError):
-        harness.plan_units("tiny", ["GRU4Rec"], 3, loaded, records)
+        runner.plan_units("tiny", ["GRU4Rec"], 3, loaded, records)
 
 
 def test_shipped_protocols_load():

@@ -1,0 +1,201 @@
+"""The runner (parent process): which units to run, their child processes,
+their records and their progress files.
+
+A unit whose resume state exists in the checkpoint folder was interrupted
+(a crash, a timeout, a killed process): it is run again and continues from
+its last epoch (see ``benchmarks/unit_state.py``). A unit that finished (ok,
+diverged or failed) has its resume state and progress file removed.
+"""
+
+import json
+import time
+from pathlib import Path
+
+from benchmarks.harness import (
+    CRASHED,
+    DEFAULT_RESULTS_DIR,
+    DEFAULT_WORK_DIR,
+    DIVERGED,
+    FAILED,
+    OK,
+    SCHEMA_VERSION,
+    TIMEOUT,
+    ProtocolError,
+    _relative,
+    _unit_log_path,
+    append_raw,
+    common_overrides,
+    fingerprint,
+    latest_records,
+    now_iso,
+    raw_path,
+    read_raw,
+    run_child,
+    unit_overrides,
+)
+
+__all__ = ["plan_units", "progress_path", "read_progress", "run_units"]
+
+
+def progress_path(results_dir, unit):
+    """The JSON file that shows a unit in progress on the page."""
+    model = unit["model"].replace("+", "Plus")
+    name = f"{unit['dataset']}.{unit['protocol']}.{model}.seed{unit['seed']}.json"
+    return Path(results_dir) / "raw" / "progress" / name
+
+
+def read_progress(results_dir, dataset, protocol_name):
+    """The progress records of a table's units that are still running."""
+    folder = Path(results_dir) / "raw" / "progress"
+    records = []
+    for path in sorted(folder.glob(f"{dataset}.{protocol_name}.*.json")):
+        try:
+            records.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return records
+
+
+def _unit_files_done(spec):
+    """Remove a finished unit's resume state and progress file."""
+    from benchmarks.unit_state import unit_file_stem
+
+    resume_file = Path(spec["checkpoint_dir"]) / f"{unit_file_stem(spec)}.resume.pth"
+    resume_file.unlink(missing_ok=True)
+    Path(spec["progress_file"]).unlink(missing_ok=True)
+
+
+def _has_resume_state(checkpoint_dir, unit):
+    from benchmarks.unit_state import unit_file_stem
+
+    return (Path(checkpoint_dir) / f"{unit_file_stem(unit)}.resume.pth").is_file()
+
+
+def plan_units(
+    dataset,
+    models,
+    n_seeds,
+    protocol,
+    records,
+    retry_failed=False,
+    checkpoint_dir=None,
+):
+    """Split the requested units into (to run, skipped) given the raw records.
+
+    A unit with a resume state in ``checkpoint_dir`` (interrupted: a crash, a
+    timeout, a killed process) is run again, and continues, unless it already
+    has a record with status ok.
+    """
+    if n_seeds > len(protocol["seeds"]):
+        raise ProtocolError(
+            f"--seeds={n_seeds} but protocol '{protocol['name']}' lists "
+            f"{len(protocol['seeds'])} seeds; add seeds to its file."
+        )
+    latest = latest_records(records)
+    to_run, skipped = [], []
+    # seed-major: a partial run already holds one complete seed of every model
+    for seed_index in range(n_seeds):
+        seed = protocol["seeds"][seed_index]
+        for model in models:
+            overrides = unit_overrides(protocol, dataset, model)
+            stamp = fingerprint(overrides)
+            unit = {
+                "dataset": dataset,
+                "protocol": protocol["name"],
+                "protocol_description": protocol["description"],
+                "model": model,
+                "seed": seed,
+                "seed_index": seed_index,
+                "overrides": overrides,
+                "protocol_common": common_overrides(protocol, dataset),
+                "fingerprint": stamp,
+            }
+            prior = latest.get((model, seed))
+            same = prior is not None and prior.get("fingerprint") == stamp
+            interrupted = checkpoint_dir is not None and _has_resume_state(
+                checkpoint_dir, unit
+            )
+            finished = same and (
+                prior.get("status") == OK or not (retry_failed or interrupted)
+            )
+            (skipped if finished else to_run).append(unit)
+    return to_run, skipped
+
+
+def run_units(
+    dataset,
+    models,
+    n_seeds,
+    protocol,
+    results_dir=DEFAULT_RESULTS_DIR,
+    work_dir=DEFAULT_WORK_DIR,
+    data_path=None,
+    retry_failed=False,
+    unit_timeout=None,
+    threads=None,
+    echo=print,
+):
+    """Run every unit not yet in the raw file, one at a time; return the counts."""
+    path = raw_path(results_dir, dataset, protocol["name"])
+    checkpoint_dir = (
+        Path(work_dir) / "checkpoints" / f"{dataset}.{protocol['name']}"
+    ).resolve()
+    to_run, skipped = plan_units(
+        dataset,
+        models,
+        n_seeds,
+        protocol,
+        read_raw(path),
+        retry_failed,
+        checkpoint_dir=checkpoint_dir,
+    )
+    for unit in skipped:
+        echo(f"skip {unit['model']} seed {unit['seed']}: already in {_relative(path)}")
+    work_dir = Path(work_dir)
+    threads = threads if threads is not None else protocol.get("threads")
+    counts = {"run": 0, "skipped": len(skipped), "ok": 0, "not_ok": 0}
+    for number, unit in enumerate(to_run, 1):
+        spec = dict(unit)
+        spec["checkpoint_dir"] = str(checkpoint_dir)
+        spec["data_path"] = data_path
+        spec["threads"] = threads
+        spec["score_inference_steps"] = protocol.get("score_inference_steps") or []
+        spec["progress_file"] = str(progress_path(results_dir, unit))
+        log_path = _unit_log_path(work_dir, spec)
+        echo(
+            f"[{number}/{len(to_run)}] {dataset} {protocol['name']} {unit['model']} "
+            f"seed {unit['seed']} (log: {_relative(log_path)})"
+        )
+        start = time.perf_counter()
+        started_at = now_iso()
+        result, code, error = run_child("unit", spec, log_path, work_dir, unit_timeout)
+        wall = time.perf_counter() - start
+        if result is None:
+            result = {
+                "schema": SCHEMA_VERSION,
+                "kind": "unit",
+                **{k: unit[k] for k in unit},
+                "status": TIMEOUT if code is None else CRASHED,
+                "error": error,
+                "started_at": started_at,
+                "finished_at": now_iso(),
+            }
+        result["wall_seconds"] = wall
+        result["exit_code"] = code
+        result["log"] = _relative(log_path)
+        append_raw(path, result)
+        if result["status"] in (OK, DIVERGED, FAILED):
+            # finished for good: a rerun starts afresh only with --retry-failed
+            _unit_files_done(spec)
+        counts["run"] += 1
+        if result["status"] == OK:
+            counts["ok"] += 1
+            metrics = result.get("metrics", {})
+            echo(
+                f"    ok in {wall:.0f} s: NDCG@10 {metrics.get('ndcg@10', float('nan')):.4f}"
+                f", best epoch {result.get('best_epoch')}"
+            )
+        else:
+            counts["not_ok"] += 1
+            echo(f"    {result['status']}: {str(result.get('error'))[:300]}")
+    return counts
