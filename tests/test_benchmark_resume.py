@@ -57,7 +57,7 @@ def _run(args, interrupt_after=None):
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), *args, "--no-render"],
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=900,
         check=False,
         cwd=ROOT,
         env=env,
