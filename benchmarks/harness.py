@@ -440,7 +440,9 @@ def timed_trainer_class(trainer_class):
         def bench_best_epoch(self):
             """(epoch, stage) of the checkpoint that ``evaluate`` loads."""
             saves = [s for s in self.bench_saved_epochs if s[0] >= 0]
-            final = [s for s in saves if s[2] == self.saved_model_file]
+            # by file name: a resumed unit's files may have moved folders
+            final_name = os.path.basename(self.saved_model_file)
+            final = [s for s in saves if os.path.basename(s[2]) == final_name]
             chosen = (final or saves or [(None, None, None)])[-1]
             return chosen[0], chosen[1]
 

@@ -282,7 +282,8 @@ class ResumableTrainerMixin:
         """ADRec: re-enter the stage that was running (or had just ended)."""
         adrec = state["adrec"]
         stage = state["stage"]
-        self.stage_files = {int(k): v for k, v in adrec["stage_files"].items()}
+        # stage_files stay as bench_setup named them (in this run's checkpoint
+        # folder), so that a unit's files can move to another folder or machine
         self.stage_scores = {int(k): v for k, v in adrec["stage_scores"].items()}
         self.stage_results = {int(k): v for k, v in adrec["stage_results"].items()}
         self.stage_history = list(adrec["stage_history"])
