@@ -543,8 +543,8 @@ def execute_unit(spec):
     try:
         import torch
 
+        from recbole_diffusion.registry import get_trainer
         from recbole_diffusion.trainer import TrainingDivergedError
-        from recbole_diffusion.utils import get_trainer
 
         if spec.get("threads"):
             torch.set_num_threads(int(spec["threads"]))

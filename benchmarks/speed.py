@@ -92,8 +92,8 @@ def execute_speed(spec):
         import torch
 
         from recbole_diffusion.quick_start import build_pipeline
+        from recbole_diffusion.registry import get_model, get_trainer
         from recbole_diffusion.trainer import load_checkpoint
-        from recbole_diffusion.utils import get_model, get_trainer
 
         if spec.get("threads"):
             torch.set_num_threads(int(spec["threads"]))

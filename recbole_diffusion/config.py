@@ -25,13 +25,8 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.evaluator.register import metric_types
 
-from recbole_diffusion.utils import (
-    MODEL_ALIASES,
-    ConfigError,
-    _closest,
-    check_lr_schedule,
-    get_model,
-)
+from recbole_diffusion.registry import MODEL_ALIASES, get_model
+from recbole_diffusion.utils import ConfigError, _closest, check_lr_schedule
 
 __all__ = [
     "Config",

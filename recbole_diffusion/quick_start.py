@@ -13,8 +13,8 @@ from recbole.data.utils import create_samplers, get_dataloader
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_diffusion.config import build_config
+from recbole_diffusion.registry import get_model, get_trainer
 from recbole_diffusion.trainer import load_checkpoint
-from recbole_diffusion.utils import get_model, get_trainer
 
 __all__ = [
     "build_pipeline",

@@ -22,8 +22,9 @@ from recbole_diffusion.quick_start import (
     load_data_and_model,
     run_recbole_diffusion,
 )
+from recbole_diffusion.registry import get_trainer
 from recbole_diffusion.trainer import ADRecTrainer, CheckpointError, load_checkpoint
-from recbole_diffusion.utils import ConfigError, get_trainer
+from recbole_diffusion.utils import ConfigError
 
 N_ITEMS = UNIT_N_ITEMS
 HIDDEN = 16

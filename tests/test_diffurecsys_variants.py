@@ -14,7 +14,7 @@ from recbole_diffusion.config import build_config
 from recbole_diffusion.model.diffurec import DiffuRec
 from recbole_diffusion.model.diffurecsys import DiffuRecSys
 from recbole_diffusion.quick_start import build_pipeline
-from recbole_diffusion.utils import get_trainer
+from recbole_diffusion.registry import get_trainer
 
 # model name -> (class, conditioning, offset_noise, ensemble_size)
 VARIANTS = {

@@ -23,6 +23,7 @@ from recbole_diffusion.quick_start import (
     load_data_and_model,
     run_recbole_diffusion,
 )
+from recbole_diffusion.registry import UnknownModelError, get_model, get_trainer
 from recbole_diffusion.trainer import (
     CheckpointError,
     SafeCheckpointMixin,
@@ -30,12 +31,7 @@ from recbole_diffusion.trainer import (
     TrainingDivergedError,
     load_checkpoint,
 )
-from recbole_diffusion.utils import (
-    ConfigError,
-    UnknownModelError,
-    get_model,
-    get_trainer,
-)
+from recbole_diffusion.utils import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,8 @@ from recbole_diffusion.config import build_config
 from recbole_diffusion.data import TARGET_LIST_PREFIX
 from recbole_diffusion.model.sasrecplus import SASRecPlus
 from recbole_diffusion.quick_start import build_pipeline, load_data_and_model
-from recbole_diffusion.utils import ConfigError, get_trainer
+from recbole_diffusion.registry import get_trainer
+from recbole_diffusion.utils import ConfigError
 
 TARGETS = TARGET_LIST_PREFIX + "item_id_list"
 

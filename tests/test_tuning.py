@@ -7,12 +7,13 @@ import pytest
 
 from recbole_diffusion import cli
 from recbole_diffusion.config import build_config, props_dir
+from recbole_diffusion.registry import UnknownModelError
 from recbole_diffusion.tuning import (
     check_parameters,
     coerce_value,
     read_params_file,
 )
-from recbole_diffusion.utils import ConfigError, UnknownModelError
+from recbole_diffusion.utils import ConfigError
 
 
 def _args(settings):
