@@ -59,7 +59,7 @@ def ray_trainable(
     import torch
     from ray.air import session
 
-    from recbole_diffusion.tuning import TuningObjective
+    from recbole_diffusion.tuning.objective import TuningObjective
 
     torch.set_num_threads(1)
     params = dict(trial_config.get("_grid_point") or trial_config)
@@ -84,7 +84,7 @@ def ray_trainable(
 def _ray_space(params, algo, trials_wanted):
     from ray import tune
 
-    from recbole_diffusion.tuning import exhaustive_grid
+    from recbole_diffusion.tuning.space import exhaustive_grid
 
     if algo == "exhaustive":
         return {"_grid_point": tune.grid_search(exhaustive_grid(params, trials_wanted))}
