@@ -30,7 +30,7 @@ Reference:
     Simple and Effective Approach." KDD 2025 (arXiv:2505.19544).
 
 Reference code:
-    https://github.com/GloriaLee01/ADRec
+    https://github.com/Nemo-1024/ADRec
 
 Deviations:
     - RecBole pads on the right: the last token sits at ``item_seq_len - 1``
