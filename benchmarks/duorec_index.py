@@ -20,7 +20,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import library_versions, machine_info, now_iso  # noqa: E402
+from benchmarks.environment import library_versions, machine_info  # noqa: E402
+from benchmarks.raw import now_iso  # noqa: E402
 from recbole_diffusion.model.duorec import DuoRec  # noqa: E402
 from recbole_diffusion.quick_start import build_pipeline  # noqa: E402
 

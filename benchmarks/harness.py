@@ -1,399 +1,44 @@
-"""Benchmark units: protocols, the raw results file, and the run of one unit.
+"""One benchmark unit: its run in a child process, and the parent's launch of it.
 
 A *unit* is one (dataset, protocol, model, seed). The runner (``run.py``)
 starts every unit in a child process of its own, so peak memory is measured
 per unit and a crash ends that unit only, then appends the unit's record to
 ``results/raw/<dataset>.<protocol>.jsonl`` as soon as the child returns. A
 rerun skips the units that the raw file already holds, so a long table is
-built over several runs.
-
-A *protocol* (``protocols/<name>.yaml``) is a set of RecBole parameters laid
-on top of each model's property files (``props/<Model>.yaml``):
-
-.. code-block:: yaml
-
-    description: one paragraph that the rendered page quotes
-    seeds: [2020, 2021, 2022]     # --seeds=N runs the first N
-    threads: 1                    # torch threads per unit (~: torch's default)
-    common: {...}                 # every model, every dataset
-    datasets: {ml-1m: {...}}      # every model, on one dataset (and a
-                                  # ``models`` mapping inside: one model there)
-    models: {DiffuRec: {...}}     # one model (a variant also gets its base's)
-
-``protocols/<name>/<Model>.yaml`` files, when present, extend ``models``.
-Precedence, lowest first: common, datasets, models (base, then variant),
-datasets.<dataset>.models, then what the harness sets itself (seed,
-checkpoint folder, data path).
+built over several runs. Protocols are read by ``benchmarks.protocol``, the
+raw file by ``benchmarks.raw``.
 """
 
-import datetime
-import hashlib
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
-import yaml
+from benchmarks.environment import (
+    build_with_stats,
+    library_versions,
+    machine_info,
+    peak_memory,
+    sync,
+    to_plain,
+)
+from benchmarks.protocol import BENCH_DIR, PROJECT_ROOT
+from benchmarks.raw import DIVERGED, FAILED, OK, SCHEMA_VERSION, now_iso
 
 __all__ = [
-    "BENCH_DIR",
-    "DEFAULT_PROTOCOL",
-    "METRICS",
-    "ProtocolError",
-    "append_raw",
+    "DEFAULT_WORK_DIR",
     "execute_unit",
-    "fingerprint",
-    "is_diffusion",
-    "latest_records",
-    "load_protocol",
-    "raw_path",
-    "read_raw",
+    "full_sort_throughput",
+    "harness_config",
     "run_child",
-    "unit_overrides",
+    "timed_trainer_class",
+    "unit_stop_reason",
 ]
 
-BENCH_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = BENCH_DIR.parent
-PROTOCOL_DIR = BENCH_DIR / "protocols"
-DEFAULT_RESULTS_DIR = BENCH_DIR / "results"
 DEFAULT_WORK_DIR = BENCH_DIR / "work"
-DEFAULT_PROTOCOL = "cpu"
-SCHEMA_VERSION = 1
-
-# Base names of the diffusion models; every other model is a baseline.
-DIFFUSION_MODELS = ("ADRec", "CDDRec", "DiffuRec", "DiffuRecSys")
-# Test metrics of the table, in RecBole's names (Hit is HR).
-METRICS = ("hit@5", "hit@10", "hit@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr@20")
-
-OK = "ok"
-FAILED = "failed"
-DIVERGED = "diverged"
-CRASHED = "crashed"
-TIMEOUT = "timeout"
-
-
-class ProtocolError(ValueError):
-    """A protocol file that cannot be used; the message says what to change."""
-
-
-def is_diffusion(model):
-    """Whether ``model`` (``DiffuRecSys-V1`` counts as DiffuRecSys) is a diffusion model."""
-    return model.split("-", 1)[0] in DIFFUSION_MODELS
-
-
-def now_iso():
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-# --------------------------------------------------------------------------- #
-# protocols
-# --------------------------------------------------------------------------- #
-def _read_yaml(path):
-    with open(path, encoding="utf-8") as handle:
-        content = yaml.safe_load(handle)
-    if content is None:
-        return {}
-    if not isinstance(content, dict):
-        raise ProtocolError(f"'{path}' must hold a mapping of 'key: value' lines.")
-    return content
-
-
-def _mapping(value, where):
-    value = value or {}
-    if not isinstance(value, dict):
-        raise ProtocolError(f"{where} must be a mapping, found {type(value).__name__}.")
-    return value
-
-
-def load_protocol(name_or_path):
-    """Read a protocol by name (``protocols/<name>.yaml``) or by file path.
-
-    Returns:
-        dict: ``name``, ``path``, ``description``, ``seeds``, ``threads``,
-        ``common``, ``datasets``, ``models``.
-    """
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml"):
-        path = candidate
-    else:
-        path = PROTOCOL_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml"))
-        raise ProtocolError(
-            f"Protocol '{name_or_path}' not found ({path}). Known: {', '.join(known)}."
-        )
-    content = _read_yaml(path)
-    allowed = {
-        "name",
-        "description",
-        "seeds",
-        "threads",
-        "common",
-        "datasets",
-        "models",
-        "score_inference_steps",
-    }
-    unknown = set(content) - allowed
-    if unknown:
-        raise ProtocolError(
-            f"'{path}': unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}. "
-            "RecBole parameters go under 'common', 'datasets' or 'models'."
-        )
-    seeds = content.get("seeds") or [2020, 2021, 2022, 2023, 2024]
-    if not isinstance(seeds, list) or not all(
-        isinstance(s, int) and not isinstance(s, bool) for s in seeds
-    ):
-        raise ProtocolError(f"'{path}': seeds must be a list of integers.")
-    models = {
-        str(k): dict(_mapping(v, f"models.{k}"))
-        for k, v in _mapping(content.get("models"), "models").items()
-    }
-    model_dir = path.parent / path.stem
-    if model_dir.is_dir():
-        for model_file in sorted(model_dir.glob("*.yaml")):
-            models.setdefault(model_file.stem, {}).update(_read_yaml(model_file))
-    datasets = {
-        str(k): dict(_mapping(v, f"datasets.{k}"))
-        for k, v in _mapping(content.get("datasets"), "datasets").items()
-    }
-    return {
-        "name": str(content.get("name") or path.stem),
-        "path": str(path),
-        "description": " ".join(str(content.get("description") or "").split()),
-        "seeds": seeds,
-        "threads": content.get("threads"),
-        "score_inference_steps": list(content.get("score_inference_steps") or []),
-        "common": dict(_mapping(content.get("common"), "common")),
-        "datasets": datasets,
-        "models": models,
-    }
-
-
-def _model_entries(models, model):
-    """The entries of ``models`` for ``model``: its base's first, then its own."""
-    base = model.split("-", 1)[0]
-    names = [base, model] if base != model else [model]
-    return [dict(models.get(name) or {}) for name in names]
-
-
-def common_overrides(protocol, dataset):
-    """The parameters the protocol sets for every model on ``dataset``."""
-    overrides = dict(protocol["common"])
-    dataset_entry = dict(protocol["datasets"].get(dataset, {}))
-    dataset_entry.pop("models", None)
-    overrides.update(dataset_entry)
-    return overrides
-
-
-def unit_overrides(protocol, dataset, model):
-    """The RecBole parameters the protocol sets for ``model`` on ``dataset``.
-
-    Lowest first: ``common``, ``datasets.<dataset>``, ``models.<Model>``,
-    ``datasets.<dataset>.models.<Model>``.
-    """
-    overrides = dict(protocol["common"])
-    dataset_entry = dict(protocol["datasets"].get(dataset, {}))
-    dataset_models = _mapping(dataset_entry.pop("models", None), "datasets.models")
-    overrides.update(dataset_entry)
-    for entry in _model_entries(protocol["models"], model):
-        overrides.update(entry)
-    for entry in _model_entries(dataset_models, model):
-        overrides.update(entry)
-    return overrides
-
-
-def fingerprint(overrides):
-    """A short hash of a unit's protocol parameters: a changed protocol reruns it."""
-    text = json.dumps(overrides, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
-
-
-# --------------------------------------------------------------------------- #
-# the raw results file
-# --------------------------------------------------------------------------- #
-def raw_path(results_dir, dataset, protocol_name):
-    return Path(results_dir) / "raw" / f"{dataset}.{protocol_name}.jsonl"
-
-
-def read_raw(path):
-    """All records of a raw file, in file order; unreadable lines are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                print(f"warning: {path}:{number} is not JSON; skipped", file=sys.stderr)
-    return records
-
-
-def append_raw(path, record):
-    """Append one record as one line, flushed to disk before returning."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, sort_keys=True, allow_nan=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def latest_records(records):
-    """The last record of each (model, seed): a retried unit replaces the earlier."""
-    latest = {}
-    for record in records:
-        if record.get("kind", "unit") != "unit":
-            continue
-        latest[(record["model"], record["seed"])] = record
-    return latest
-
-
-# --------------------------------------------------------------------------- #
-# environment
-# --------------------------------------------------------------------------- #
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git(*args):
-    try:
-        out = subprocess.run(
-            ["git", *args],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def library_versions():
-    import numpy
-    import recbole
-    import torch
-
-    import recbole_diffusion
-
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "recbole": recbole.__version__,
-        "numpy": numpy.__version__,
-        "recbole_diffusion": recbole_diffusion.__version__,
-        "git_commit": _git("rev-parse", "--short=12", "HEAD"),
-        "git_dirty": bool(status) if status is not None else None,
-    }
-
-
-def machine_info(device=None):
-    import torch
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    info = {
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cores": usable,
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(terse=True),
-        "gpu": None,
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
-    if device is not None and str(device).startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def sync(device):
-    import torch
-
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def peak_memory(device):
-    """Peak memory of this process in MiB: GPU allocations on CUDA, else RSS."""
-    import torch
-
-    if device is not None and str(device).startswith("cuda"):
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    # ru_maxrss is in KiB on Linux, bytes on macOS
-    scale = 2**20 if sys.platform == "darwin" else 2**10
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, "rss"
-
-
-def build_with_stats(model, dataset, config_dict):
-    """``build_pipeline`` that also returns the dataset's statistics.
-
-    The statistics are taken when the dataset is created, before the split
-    (a built sequential dataset holds the augmented rows, not the
-    interactions): the plugin's ``create_dataset`` is wrapped for the call.
-    """
-    from recbole_diffusion import quick_start
-
-    stats = {}
-    original = quick_start.create_dataset
-
-    def create_and_count(config):
-        created = original(config)
-        stats.update(dataset_stats(created))
-        return created
-
-    quick_start.create_dataset = create_and_count
-    try:
-        pieces = quick_start.build_pipeline(
-            model=model, dataset=dataset, config_dict=config_dict
-        )
-    finally:
-        quick_start.create_dataset = original
-    return pieces, stats
-
-
-def dataset_stats(dataset):
-    """Users, items and interactions after RecBole's loading and filtering."""
-    users = int(dataset.user_num) - 1  # id 0 is padding
-    items = int(dataset.item_num) - 1
-    inters = int(dataset.inter_num)
-    return {
-        "users": users,
-        "items": items,
-        "interactions": inters,
-        "avg_length": inters / users if users else None,
-        "density": inters / (users * items) if users and items else None,
-    }
-
-
-def to_plain(value):
-    """A configuration value as JSON (torch devices, enums and tuples become plain)."""
-    from recbole_diffusion.trainer.checkpoint import to_plain as plain
-
-    value = plain(value)
-    if isinstance(value, float) and value != value:
-        return None
-    return value
 
 
 # --------------------------------------------------------------------------- #

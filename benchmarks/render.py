@@ -21,10 +21,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import (  # noqa: E402
-    DEFAULT_PROTOCOL,
+from benchmarks.protocol import DEFAULT_PROTOCOL, PROJECT_ROOT  # noqa: E402
+from benchmarks.raw import (  # noqa: E402
     DEFAULT_RESULTS_DIR,
-    PROJECT_ROOT,
     latest_records,
     raw_path,
     read_raw,

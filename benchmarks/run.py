@@ -21,13 +21,13 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import (  # noqa: E402
+from benchmarks.harness import DEFAULT_WORK_DIR  # noqa: E402
+from benchmarks.protocol import (  # noqa: E402
     DEFAULT_PROTOCOL,
-    DEFAULT_RESULTS_DIR,
-    DEFAULT_WORK_DIR,
     ProtocolError,
     load_protocol,
 )
+from benchmarks.raw import DEFAULT_RESULTS_DIR  # noqa: E402
 from benchmarks.runner import run_units  # noqa: E402
 
 DEFAULT_MODELS = "SASRec,GRU4Rec,BERT4Rec,DuoRec,DiffuRec,DiffuRecSys,CDDRec,ADRec"

@@ -11,27 +11,26 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.harness import (
+from benchmarks.harness import DEFAULT_WORK_DIR, _relative, _unit_log_path, run_child
+from benchmarks.protocol import (
+    ProtocolError,
+    common_overrides,
+    fingerprint,
+    unit_overrides,
+)
+from benchmarks.raw import (
     CRASHED,
     DEFAULT_RESULTS_DIR,
-    DEFAULT_WORK_DIR,
     DIVERGED,
     FAILED,
     OK,
     SCHEMA_VERSION,
     TIMEOUT,
-    ProtocolError,
-    _relative,
-    _unit_log_path,
     append_raw,
-    common_overrides,
-    fingerprint,
     latest_records,
     now_iso,
     raw_path,
     read_raw,
-    run_child,
-    unit_overrides,
 )
 
 __all__ = ["plan_units", "progress_path", "read_progress", "run_units"]

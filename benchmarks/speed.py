@@ -16,26 +16,24 @@ import time
 import traceback
 from pathlib import Path
 
+from benchmarks.environment import library_versions, machine_info, sync, to_plain
 from benchmarks.harness import (
-    DEFAULT_RESULTS_DIR,
     DEFAULT_WORK_DIR,
-    OK,
-    SCHEMA_VERSION,
     _relative,
-    append_raw,
-    fingerprint,
     full_sort_throughput,
     harness_config,
+    run_child,
+)
+from benchmarks.protocol import fingerprint, unit_overrides
+from benchmarks.raw import (
+    DEFAULT_RESULTS_DIR,
+    OK,
+    SCHEMA_VERSION,
+    append_raw,
     latest_records,
-    library_versions,
-    machine_info,
     now_iso,
     raw_path,
     read_raw,
-    run_child,
-    sync,
-    to_plain,
-    unit_overrides,
 )
 
 __all__ = ["INFERENCE_STEPS", "execute_speed", "run_speed", "speed_raw_path"]

@@ -15,7 +15,8 @@ from conftest import write_tiny_dataset
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import harness, render, runner  # noqa: E402
+from benchmarks import protocol as protocol_module  # noqa: E402
+from benchmarks import render, runner  # noqa: E402
 
 TINY_PROTOCOL = """\
 description: seconds-long smoke run on the tiny synthetic dataset
@@ -89,7 +90,7 @@ def test_runner_end_to_end_skips_finished_units_and_renders_raw_numbers(tmp_path
     ]
     for record in records:
         assert record["status"] == "ok", record.get("error")
-        assert set(harness.METRICS) <= set(record["metrics"])
+        assert set(protocol_module.METRICS) <= set(record["metrics"])
         assert record["best_epoch"] in (0, 1)
         assert record["epochs_trained"] == 2
         assert len(record["valid_curve"]) == 2
@@ -117,13 +118,13 @@ def test_runner_end_to_end_skips_finished_units_and_renders_raw_numbers(tmp_path
     for record in records:
         cells = rows[record["model"]]
         assert cells[0] == "1"  # seeds
-        for cell, metric in zip(cells[1:], harness.METRICS):
+        for cell, metric in zip(cells[1:], protocol_module.METRICS):
             assert _number(cell) == pytest.approx(record["metrics"][metric], abs=5e-5)
     assert "None." in page.split("## Failed or diverged units", 1)[1]
 
 
 def _unit(model, seed, ndcg, status="ok", **metrics):
-    values = {m: ndcg for m in harness.METRICS}
+    values = {m: ndcg for m in protocol_module.METRICS}
     values.update(metrics)
     return {
         "kind": "unit",
@@ -275,10 +276,10 @@ def test_page_states_how_many_units_ran_at_once():
 def test_plan_skips_finished_units_and_reruns_a_changed_protocol(tmp_path):
     protocol = tmp_path / "p.yaml"
     protocol.write_text(TINY_PROTOCOL)
-    loaded = harness.load_protocol(str(protocol))
-    overrides = harness.unit_overrides(loaded, "tiny", "GRU4Rec")
+    loaded = protocol_module.load_protocol(str(protocol))
+    overrides = protocol_module.unit_overrides(loaded, "tiny", "GRU4Rec")
     assert overrides["dropout_prob"] == 0.2 and overrides["hidden_size"] == 16
-    stamp = harness.fingerprint(overrides)
+    stamp = protocol_module.fingerprint(overrides)
     records = [
         {
             "kind": "unit",
@@ -317,13 +318,13 @@ def test_plan_skips_finished_units_and_reruns_a_changed_protocol(tmp_path):
         "tiny", ["GRU4Rec"], 2, loaded, records, retry_failed=True
     )
     assert [(u["model"], u["seed"]) for u in to_run] == [("GRU4Rec", 2021)]
-    with pytest.raises(harness.ProtocolError):
+    with pytest.raises(protocol_module.ProtocolError):
         runner.plan_units("tiny", ["GRU4Rec"], 3, loaded, records)
 
 
 def test_shipped_protocols_load():
     for name in ("cpu", "paper"):
-        protocol = harness.load_protocol(name)
+        protocol = protocol_module.load_protocol(name)
         assert len(protocol["seeds"]) >= 3
         assert protocol["description"]
 
@@ -426,7 +427,7 @@ def test_readme_block_is_replaced_between_its_markers_only(tmp_path):
                 "model": model,
                 "seed": 2020,
                 "status": "ok",
-                "metrics": {metric: value for metric in harness.METRICS},
+                "metrics": {metric: value for metric in protocol_module.METRICS},
             }
             for model, value in (("SASRec", 0.5), ("ADRec", 0.25))
         ]

@@ -1,6 +1,6 @@
 """NDCG@10 against inference throughput: the figure beside a results page."""
 
-from benchmarks.harness import is_diffusion
+from benchmarks.protocol import is_diffusion
 
 __all__ = ["render_plot"]
 

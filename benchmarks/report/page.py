@@ -10,14 +10,9 @@ best baseline's (the baseline with the highest mean NDCG@10).
 
 from pathlib import Path
 
-from benchmarks.harness import (
-    DEFAULT_PROTOCOL,
-    METRICS,
-    OK,
-    _relative,
-    is_diffusion,
-    latest_records,
-)
+from benchmarks.harness import _relative
+from benchmarks.protocol import DEFAULT_PROTOCOL, METRICS, is_diffusion
+from benchmarks.raw import OK, latest_records
 from benchmarks.report.published import (
     ADREC_CLAIM,
     ADREC_CLAIM_DATASETS,

@@ -1,7 +1,7 @@
 """Raw benchmark records as a table: one row per unit, and the per-model summary.
 
 The raw file may hold several records of one (model, seed); the newest counts
-(``harness.latest_records``). Means are ``statistics.fmean`` and standard
+(``raw.latest_records``). Means are ``statistics.fmean`` and standard
 deviations the sample ``statistics.stdev`` (ddof 1) over the seeds that
 finished, missing values left out.
 """
@@ -10,7 +10,8 @@ import statistics
 
 import pandas as pd
 
-from benchmarks.harness import METRICS, OK, is_diffusion, latest_records
+from benchmarks.protocol import METRICS, is_diffusion
+from benchmarks.raw import OK, latest_records
 
 __all__ = [
     "COST_KEYS",
@@ -53,7 +54,7 @@ def model_sort_key(model):
 def records_table(records):
     """The newest record of each (model, seed) as a DataFrame, one row per unit.
 
-    Columns: model, seed, status, one per test metric (``harness.METRICS``),
+    Columns: model, seed, status, one per test metric (``protocol.METRICS``),
     one per cost (``COST_KEYS``), ``peak_memory_kind``, ``best_stage`` and
     ``record`` (the record itself). Missing values are None, never NaN, so that
     the summary leaves them out exactly as the raw file does.

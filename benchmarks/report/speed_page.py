@@ -1,6 +1,6 @@
 """The speed page: per dataset, its latest speed run, as ratios to SASRec."""
 
-from benchmarks.harness import OK
+from benchmarks.raw import OK
 from benchmarks.report.records import model_sort_key
 from benchmarks.report.tables import (
     machine_text,

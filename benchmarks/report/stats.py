@@ -7,7 +7,7 @@ one-sided (H1: the first model's mean is greater), paired by seed.
 import datetime
 import statistics
 
-from benchmarks.harness import is_diffusion
+from benchmarks.protocol import is_diffusion
 
 __all__ = [
     "best_of",

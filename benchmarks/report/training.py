@@ -9,7 +9,7 @@ do.
 
 import re
 
-from benchmarks.harness import OK, latest_records
+from benchmarks.raw import OK, latest_records
 from benchmarks.report.records import model_sort_key
 from benchmarks.report.stats import paired_ttest
 from benchmarks.report.tables import METRIC_LABELS, fmt_metric, markdown_table
