@@ -5,8 +5,10 @@ never unpickles files: datasets are built from the atomic files and
 checkpoints are read with ``weights_only=True``.
 """
 
+import datetime
 import importlib
 import logging
+import time
 from logging import getLogger
 
 from recbole.data.utils import create_samplers, get_dataloader
@@ -14,6 +16,7 @@ from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_diffusion.config import build_config
 from recbole_diffusion.registry import get_model, get_trainer
+from recbole_diffusion.results import write_run_result
 from recbole_diffusion.trainer import load_checkpoint
 
 __all__ = [
@@ -36,6 +39,39 @@ _TYPE_TO_DATASET = {
     "TRADITIONAL": "Dataset",
     "DECISIONTREE": "Dataset",
 }
+
+
+# The handlers the last run's init_logger installed (its console and log file).
+_run_log_handlers = []
+
+
+def init_run_logger(config):
+    """RecBole's ``init_logger`` for this run, with a log file of its own.
+
+    ``init_logger`` installs its handlers with ``logging.basicConfig``, which
+    does nothing when the root logger already has a handler: a second run in
+    one process (a tuning trial, a test under pytest) would log into the first
+    run's file, or nowhere. The previous run's handlers are closed and other
+    handlers are set aside while RecBole installs its own.
+
+    Returns:
+        str: the path of the run's log file.
+    """
+    root = logging.getLogger()
+    for handler in _run_log_handlers:
+        root.removeHandler(handler)
+        handler.close()
+    others = list(root.handlers)
+    for handler in others:
+        root.removeHandler(handler)
+    try:
+        init_logger(config)
+        _run_log_handlers[:] = root.handlers
+    finally:
+        for handler in others:
+            root.addHandler(handler)
+    files = [h for h in _run_log_handlers if isinstance(h, logging.FileHandler)]
+    return files[0].baseFilename if files else None
 
 
 def create_dataset(config):
@@ -144,10 +180,13 @@ def run_recbole_diffusion(
 
     Returns:
         dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
-        ``test_result``, ``model_file`` and ``config``.
+        ``test_result``, ``model_file``, ``config`` and ``result_file`` (the
+        run's JSON result next to its log file; see ``recbole_diffusion.results``).
     """
+    started_at = datetime.datetime.now().astimezone()
+    started = time.perf_counter()
     config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
-    init_logger(config)
+    log_file = init_run_logger(config)
     logger = getLogger()
     logger.info(config)
     dataset, train_data, valid_data, test_data, model = _build_from_config(config)
@@ -163,7 +202,7 @@ def run_recbole_diffusion(
     )
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
-    return {
+    result = {
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
@@ -173,6 +212,18 @@ def run_recbole_diffusion(
         # Internal ids of the users the test evaluated (all processes under DDP).
         "test_users": _evaluated_users(trainer),
     }
+    result["result_file"] = write_run_result(
+        config,
+        trainer,
+        result,
+        log_file,
+        started_at,
+        time.perf_counter() - started,
+        str(resume_file) if resume_file else None,
+    )
+    if result["result_file"]:
+        logger.info(set_color("result file", "yellow") + f": {result['result_file']}")
+    return result
 
 
 def _evaluated_users(trainer):
