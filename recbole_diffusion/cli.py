@@ -18,6 +18,7 @@ USAGE = """usage: run_recbole_diffusion.py [--model=NAME] [--dataset=NAME]
                                [--key=value ...]
        run_recbole_diffusion.py --recommend --model_file=FILE --user_ids=ID,ID,...
                                [--topk=10] [--output_file=FILE.csv] [--dataset=NAME]
+                               [--include_seen]
 
 Trains NAME (default: the flagship model) on NAME (default: ml-100k), picks the
 best epoch on validation and reports valid and test metrics.
@@ -63,6 +64,8 @@ Recommendations from a checkpoint written by this plugin:
   --topk=K              items per user (default 10)
   --output_file=FILE    also write CSV: user, rank, item, score
   --dataset=NAME        optional: refuse a checkpoint of another dataset
+  --include_seen        keep items the user already has (left out by default,
+                        as in RecBole's case_study.full_sort_topk)
   A user's history is everything the dataset holds for the user, test item
   included (its last MAX_ITEM_LIST_LENGTH items): the lists predict the next,
   unseen interaction.
@@ -93,9 +96,10 @@ COMMAND_FLAGS = {
     "recommend",
     "model_file",
     "user_ids",
+    "include_seen",
 }
 # Flags that may be given without a value.
-SWITCHES = {"tune", "recommend"}
+SWITCHES = {"tune", "recommend", "include_seen"}
 INT_FLAGS = {
     "nproc",
     "world_size",
@@ -107,7 +111,7 @@ INT_FLAGS = {
     "topk",
 }
 TUNE_FLAGS = {"params_file", "algo", "max_evals", "early_stop", "tool", "ray_cpus"}
-RECOMMEND_FLAGS = {"model_file", "user_ids"}
+RECOMMEND_FLAGS = {"model_file", "user_ids", "include_seen"}
 DISTRIBUTED_FLAGS = {"nproc", "world_size", "ip", "port", "offset"}
 
 
@@ -274,7 +278,10 @@ def _recommend(flags, params):
         topk=flags.get("topk", 10),
         dataset=flags.get("dataset"),
         config_dict=_typed(params),
+        include_seen=flags.get("include_seen", False),
     )
+    for warning in result["warnings"]:
+        print(warning, file=sys.stderr)
     print(
         f"top-{len(result['users'][0]['items'])} items of {result['model']} "
         f"({result['dataset']}):"

@@ -251,11 +251,12 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     }
 
 
-def load_data_and_model(model_file, config_dict=None):
+def load_data_and_model(model_file, config_dict=None, log_to_file=True):
     """Load a checkpoint written by this plugin, with its data.
 
     The file is read with ``weights_only=True``; its configuration is rebuilt
-    from the plain values it stores.
+    from the plain values it stores. ``log_to_file=False`` sets up no log file
+    (RecBole's ``init_logger`` creates one per call).
 
     Returns:
         tuple: ``(config, model, dataset, train_data, valid_data, test_data)``,
@@ -274,7 +275,8 @@ def load_data_and_model(model_file, config_dict=None):
     config = build_config(
         model=stored["model_variant"], dataset=stored["dataset"], config_dict=overrides
     )
-    init_logger(config)
+    if log_to_file:
+        init_run_logger(config)
     dataset, train_data, valid_data, test_data, model = _build_from_config(config)
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))

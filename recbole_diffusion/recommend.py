@@ -18,16 +18,26 @@ test item, with the test item appended. The lists are therefore predictions of
 the next, not yet seen, interaction, as a deployed recommender would make, not
 a replay of the test evaluation (which hides the test item). A user without a
 test row (too short a history for the split) uses the last row it has. Scores
-come from RecBole's :func:`recbole.utils.case_study.full_sort_topk`: the
-padding item is never recommended; as in RecBole's sequential evaluation
-(``repeatable``), items already in the history may be (people re-watch and
-re-buy). For a non-sequential (general) model the history is the user's
-training and validation interactions, which RecBole excludes from the list.
+come from RecBole's :func:`recbole.utils.case_study.full_sort_scores`; the
+padding item is never recommended.
+
+Items the user already has (every interaction of the user in the dataset) are
+left out of the list, as RecBole's ``case_study.full_sort_topk`` leaves out a
+user's history; ``include_seen=True`` (``--include_seen``) keeps them, for
+domains where people re-watch and re-buy. A user who has nearly every item gets
+a shorter list rather than items scored minus infinity.
+
+An ADRec checkpoint of stage 1 (``-stage1.pth``, the pre-trained embedding and
+CAM) gives recommendations without the diffusion model: it is accepted, with a
+warning that names the final checkpoint.
 """
 
 import csv
+import os
 import types
+import warnings
 
+import numpy as np
 import torch
 from recbole.utils import ModelType
 
@@ -58,7 +68,7 @@ def _checkpoint_config(model_file):
             "has no stored configuration). Train the model with the run command "
             "and use the file it writes."
         )
-    return stored
+    return stored, checkpoint.get("adrec_stage")
 
 
 def _user_internal_ids(dataset, user_ids):
@@ -129,7 +139,48 @@ def full_history_rows(config, test_dataset, picks):
     return test_dataset.copy(Interaction(inter))
 
 
-def recommend(model_file, user_ids, topk=10, dataset=None, config_dict=None):
+def _seen_items(config, data, uids):
+    """(row, item) pairs of every item each user has in the dataset.
+
+    A built sequential dataset holds one row per target with its history list
+    (a user's first item appears only in the lists), so both are read.
+    """
+    feat = data.inter_feat
+    row, index = (feat[data.uid_field] == uids[:, None]).nonzero(as_tuple=True)
+    rows, items = [row], [feat[data.iid_field][index]]
+    list_field = data.iid_field + config["LIST_SUFFIX"]
+    if list_field in feat:
+        lists = feat[list_field][index]  # [pairs, L], 0 = padding
+        rows.append(row[:, None].expand_as(lists).reshape(-1))
+        items.append(lists.reshape(-1))
+    return torch.cat(rows), torch.cat(items)
+
+
+def _no_history(test_data):
+    """A general model's eval loader whose users have no history to mask."""
+    empty = torch.zeros(0, dtype=torch.long)
+    histories = np.empty(len(test_data.uid2history_item), dtype=object)
+    histories[:] = [empty] * len(histories)
+    return types.SimpleNamespace(
+        dataset=test_data.dataset, is_sequential=False, uid2history_item=histories
+    )
+
+
+def _stage_warning(model_file, checkpoint_stage):
+    if checkpoint_stage != 1:
+        return None
+    stem = os.path.splitext(str(model_file))[0]
+    final = stem[: -len("-stage1")] if stem.endswith("-stage1") else stem
+    return (
+        f"warning: {model_file} is ADRec's stage-1 checkpoint (pre-trained embedding "
+        "and CAM, no diffusion model): its lists are not ADRec's. Use the final "
+        f"checkpoint the run reported ({final}.pth or {final}-stage3.pth)."
+    )
+
+
+def recommend(
+    model_file, user_ids, topk=10, dataset=None, config_dict=None, include_seen=False
+):
     """The top-``topk`` items of each user, from a checkpoint of this plugin.
 
     Args:
@@ -139,16 +190,18 @@ def recommend(model_file, user_ids, topk=10, dataset=None, config_dict=None):
         dataset (str): if given, the checkpoint must have been trained on it.
         config_dict (dict): overrides of the checkpoint's settings (e.g.
             ``data_path`` if the data moved, ``gpu_id``).
+        include_seen (bool): keep the items the user already has.
 
     Returns:
         dict: ``users`` (a list of ``{"user", "items", "scores"}``), ``model``,
-        ``dataset``, ``uid_field`` and ``iid_field``.
+        ``dataset``, ``uid_field``, ``iid_field`` and ``warnings`` (lines for
+        the user, such as an ADRec stage-1 checkpoint).
 
     Raises:
         CheckpointError: a missing file, or one that cannot be read safely.
         ConfigError: another dataset, an unknown user id, a bad ``topk``.
     """
-    from recbole.utils.case_study import full_sort_topk
+    from recbole.utils.case_study import full_sort_scores
 
     from recbole_diffusion.quick_start import load_data_and_model
 
@@ -157,7 +210,7 @@ def recommend(model_file, user_ids, topk=10, dataset=None, config_dict=None):
     user_ids = list(user_ids)
     if not user_ids:
         raise ConfigError("No user id given: use --user_ids=ID,ID,...")
-    stored = _checkpoint_config(model_file)
+    stored, checkpoint_stage = _checkpoint_config(model_file)
     if dataset and dataset != stored["dataset"]:
         raise ConfigError(
             f"Checkpoint '{model_file}' was trained on dataset '{stored['dataset']}', "
@@ -166,9 +219,14 @@ def recommend(model_file, user_ids, topk=10, dataset=None, config_dict=None):
         )
     overrides = {"state": "warning"}
     overrides.update(config_dict or {})
-    config, model, data, train_data, valid_data, test_data = load_data_and_model(
-        model_file, config_dict=overrides
-    )
+    # No log file: a lookup is not a run, and RecBole would leave an empty one.
+    # RecBole's data loading warns about its own use of pandas (chained
+    # assignment); that says nothing to a user asking for recommendations.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+        config, model, data, train_data, valid_data, test_data = load_data_and_model(
+            model_file, config_dict=overrides, log_to_file=False
+        )
     n_items = data.item_num - 1  # without the padding item
     if topk > n_items:
         raise ConfigError(
@@ -180,26 +238,33 @@ def recommend(model_file, user_ids, topk=10, dataset=None, config_dict=None):
         picks = _last_rows(splits, data.uid_field, uids)
         history = full_history_rows(config, test_data._dataset, picks)
         source = types.SimpleNamespace(dataset=history, is_sequential=True)
-    else:
-        source = test_data
-    scores, items = full_sort_topk(
-        uids.numpy(), model, source, topk, device=config["device"]
-    )
-    tokens = data.id2token(data.iid_field, items.cpu())
-    users = [
-        {
-            "user": user,
-            "items": [str(token) for token in tokens[row]],
-            "scores": [float(score) for score in scores[row].cpu()],
-        }
-        for row, user in enumerate(user_ids)
-    ]
+    else:  # RecBole masks a general model's training and validation history
+        source = _no_history(test_data) if include_seen else test_data
+    scores = full_sort_scores(uids.numpy(), model, source, device=config["device"])
+    if not include_seen:
+        rows, seen = _seen_items(config, data, uids)
+        scores[rows.to(scores.device), seen.to(scores.device)] = -torch.inf
+    top_scores, items = torch.topk(scores, topk)
+    top_scores, items = top_scores.cpu(), items.cpu()
+    tokens = data.id2token(data.iid_field, items)
+    users = []
+    for row, user in enumerate(user_ids):
+        kept = torch.isfinite(top_scores[row])  # -inf: seen or padding
+        users.append(
+            {
+                "user": user,
+                "items": [str(t) for t, k in zip(tokens[row], kept) if k],
+                "scores": [float(v) for v in top_scores[row][kept]],
+            }
+        )
+    warning = _stage_warning(model_file, checkpoint_stage)
     return {
         "users": users,
         "model": stored.get("model_variant") or stored["model"],
         "dataset": stored["dataset"],
         "uid_field": data.uid_field,
         "iid_field": data.iid_field,
+        "warnings": [warning] if warning else [],
     }
 
 
