@@ -14,6 +14,7 @@ USAGE = """usage: run_recbole_diffusion.py [--model=NAME] [--dataset=NAME]
                                [--key=value ...]
        run_recbole_diffusion.py --tune [--params_file=FILE] [--algo=exhaustive]
                                [--max_evals=N] [--early_stop=N] [--output_file=FILE]
+                               [--display_file=FILE]
                                [--tool=hyperopt|ray] [--ray_cpus=N] [--model=...]
                                [--key=value ...]
        run_recbole_diffusion.py --recommend --model_file=FILE --user_ids=ID,ID,...
@@ -49,8 +50,12 @@ Hyperparameter search (RecBole's HyperTuning, one full training per trial):
   --max_evals=N         trials of random/bayes (default 10); caps exhaustive
   --early_stop=N        stop after N trials without improvement (default: never
                         for exhaustive, 10 otherwise; hyperopt tool only)
-  --output_file=FILE    every trial's results (default hyper_<MODEL>_<DATASET>.result);
-                        a markdown summary goes to FILE.md
+  --output_file=FILE    every trial's results (default
+                        log/tuning/hyper_<MODEL>_<DATASET>.result); beside it
+                        FILE.json and FILE.csv (parameters, metrics, checkpoint
+                        of each trial) and a markdown summary FILE.md
+  --display_file=FILE   a figure of every trial's valid score (.html, .png,
+                        .svg, .pdf), as RecBole's display_file
   --tool=NAME           hyperopt (default) or ray: Ray Tune on a local Ray
                         instance, one CPU per trial
   --ray_cpus=N          CPUs of the local Ray instance (default 2, or fewer cores)
@@ -92,6 +97,7 @@ COMMAND_FLAGS = {
     "output_file",
     "tool",
     "ray_cpus",
+    "display_file",
     # recommendations
     "recommend",
     "model_file",
@@ -110,7 +116,15 @@ INT_FLAGS = {
     "ray_cpus",
     "topk",
 }
-TUNE_FLAGS = {"params_file", "algo", "max_evals", "early_stop", "tool", "ray_cpus"}
+TUNE_FLAGS = {
+    "params_file",
+    "algo",
+    "max_evals",
+    "early_stop",
+    "tool",
+    "ray_cpus",
+    "display_file",
+}
 RECOMMEND_FLAGS = {"model_file", "user_ids", "include_seen"}
 DISTRIBUTED_FLAGS = {"nproc", "world_size", "ip", "port", "offset"}
 
@@ -251,6 +265,7 @@ def _tune(flags, params):
         output_file=flags.get("output_file"),
         tool=flags.get("tool", "hyperopt"),
         ray_cpus=flags.get("ray_cpus"),
+        display_file=flags.get("display_file"),
     )
     from recbole.utils import dict2str
 
@@ -265,7 +280,10 @@ def _tune(flags, params):
         print("test result of the best params:")
         print(dict2str(result["best_test_result"]))
     print(f"all trials: {result['output_file']}")
+    print(f"as JSON and CSV: {result['json_file']}, {result['csv_file']}")
     print(f"summary: {result['summary_file']}")
+    if result["display_file"]:
+        print(f"figure: {result['display_file']}")
     return 0 if finished else 1
 
 

@@ -248,6 +248,8 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
         "valid_score_bigger": result["valid_score_bigger"],
         "best_valid_result": result["best_valid_result"],
         "test_result": result["test_result"],
+        "model_file": result["model_file"],
+        "result_file": result["result_file"],
     }
 
 

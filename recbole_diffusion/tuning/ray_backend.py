@@ -77,6 +77,7 @@ def ray_trainable(
             "best_valid_result": dict(result["best_valid_result"] or {}),
             "test_result": dict(result["test_result"] or {}),
             "error": result.get("error", ""),
+            "model_file": result.get("model_file") or "",
         }
     )
 
@@ -216,6 +217,7 @@ def run_ray_search(
                 "best_valid_result": result.get("best_valid_result") or {},
                 "test_result": result.get("test_result") or {},
                 "error": result.get("error") or None,
+                "model_file": result.get("model_file") or None,
             }
         )
     return trials

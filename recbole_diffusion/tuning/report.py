@@ -1,8 +1,19 @@
-"""Reporting: every trial in RecBole's ``export_result`` layout, and a markdown summary."""
+"""Reporting: every trial in RecBole's ``export_result`` layout, JSON and CSV, a
+markdown summary, and RecBole's ``display_file`` figure."""
 
+import csv
+import html
+import io
+import json
 from pathlib import Path
 
-__all__ = ["write_markdown", "write_results"]
+__all__ = [
+    "write_csv",
+    "write_display",
+    "write_json",
+    "write_markdown",
+    "write_results",
+]
 
 
 def _params_text(params):
@@ -117,3 +128,123 @@ def write_markdown(path, summary):
             row += [_cell(trial["test_result"].get(k, "")) for k in test_keys]
         lines.append("| " + " | ".join(row) + " |")
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _plain(value):
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict)):
+        return value.item()  # numpy scalars
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _trial_rows(summary):
+    best = summary["best"]
+    for number, trial in enumerate(summary["trials"], start=1):
+        yield {
+            "trial": number,
+            "best": trial is best,
+            "params": _plain(trial["params"]),
+            "valid_score": None
+            if trial.get("error")
+            else _plain(trial["best_valid_score"]),
+            "valid": _plain(trial.get("best_valid_result") or {}),
+            "test": _plain(trial.get("test_result") or {}),
+            "model_file": trial.get("model_file"),
+            "result_file": trial.get("result_file"),
+            "error": trial.get("error") or None,
+        }
+
+
+def write_json(path, summary):
+    """Every trial as JSON: parameters, valid and test metrics, checkpoint."""
+    record = {
+        "model": summary["model"],
+        "dataset": summary["dataset"],
+        "algo": summary["algo"],
+        "tool": summary["tool"],
+        "params_file": summary["params_file"],
+        "valid_metric": summary["valid_metric"],
+        "bigger": summary["bigger"],
+        "fixed": _plain(summary["fixed"]),
+        "started": summary["started"].isoformat(timespec="seconds"),
+        "finished": summary["finished"].isoformat(timespec="seconds"),
+        "best_params": _plain(summary["best"]["params"]) if summary["best"] else None,
+        "trials": list(_trial_rows(summary)),
+    }
+    Path(path).write_text(
+        json.dumps(record, indent=1, allow_nan=True) + "\n", encoding="utf-8"
+    )
+
+
+def write_csv(path, summary):
+    """One row per trial: number, parameters, valid score, test metrics, checkpoint."""
+    rows = list(_trial_rows(summary))
+    names = [p.name for p in summary["params"]]
+    test_keys = []
+    for row in rows:
+        test_keys += [k for k in row["test"] if k not in test_keys]
+    header = ["trial", "best", *names, f"valid_{summary['valid_metric']}"]
+    header += [f"test_{k}" for k in test_keys] + ["model_file", "error"]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow(
+                [row["trial"], row["best"]]
+                + [row["params"].get(name, "") for name in names]
+                + [row["valid_score"]]
+                + [row["test"].get(k, "") for k in test_keys]
+                + [row["model_file"] or "", row["error"] or ""]
+            )
+
+
+def write_display(path, summary):
+    """RecBole's ``display_file``: the valid score of every trial, as a figure.
+
+    RecBole draws it with plotly (not a dependency, and its code uses the
+    ``np.str`` that numpy 1.24 removed); here matplotlib draws it, in the
+    format of the file's extension, and ``.html`` embeds the figure as SVG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in _trial_rows(summary) if row["valid_score"] is not None]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(
+        [row["trial"] for row in rows],
+        [row["valid_score"] for row in rows],
+        marker="o",
+        color="green",
+        label=f"{summary['model']} tuning process",
+    )
+    for row in rows:
+        if row["best"]:
+            axis.annotate("best", (row["trial"], row["valid_score"]))
+    axis.set_xlabel("trial")
+    axis.set_ylabel(f"valid {summary['valid_metric']}")
+    axis.set_title(f"{summary['model']} on {summary['dataset']}")
+    axis.legend()
+    figure.tight_layout()
+    path = Path(path)
+    if path.suffix.lower() in (".html", ".htm"):
+        buffer = io.StringIO()
+        figure.savefig(buffer, format="svg")
+        trials = "".join(
+            f"<li>trial {row['trial']}: {html.escape(str(row['params']))} -> "
+            f"{row['valid_score']:.4f}</li>"
+            for row in rows
+        )
+        path.write_text(
+            "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>hyperparams_tuning</title></head><body>{buffer.getvalue()}"
+            f"<ol>{trials}</ol></body></html>\n",
+            encoding="utf-8",
+        )
+    else:
+        figure.savefig(path)
+    plt.close(figure)

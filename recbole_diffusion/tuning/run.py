@@ -10,7 +10,13 @@ import os
 
 from recbole_diffusion.config import build_config
 from recbole_diffusion.tuning.objective import TuningObjective
-from recbole_diffusion.tuning.report import write_markdown, write_results
+from recbole_diffusion.tuning.report import (
+    write_csv,
+    write_display,
+    write_json,
+    write_markdown,
+    write_results,
+)
 from recbole_diffusion.tuning.space import (
     check_parameters,
     default_params_file,
@@ -25,6 +31,9 @@ __all__ = ["ALGORITHMS", "DEFAULT_MAX_EVALS", "TOOLS", "run_tuning"]
 ALGORITHMS = ("exhaustive", "random", "bayes")
 TOOLS = ("hyperopt", "ray")
 DEFAULT_MAX_EVALS = 10
+# Inside log/, which RecBole users (and .gitignore) already treat as output.
+DEFAULT_OUTPUT_DIR = os.path.join("log", "tuning")
+DISPLAY_FORMATS = (".html", ".htm", ".png", ".svg", ".pdf")
 
 
 def _fixed_settings(model, dataset, config, config_dict):
@@ -61,6 +70,7 @@ def run_tuning(
     tool="hyperopt",
     ray_cpus=None,
     saved=True,
+    display_file=None,
 ):
     """Search hyperparameters and write the results.
 
@@ -75,15 +85,21 @@ def run_tuning(
             exhaustive search.
         early_stop (int): stop after this many trials without improvement
             (hyperopt tool); by default never for exhaustive search, 10 otherwise.
-        output_file (str): every trial's results; the summary goes to
-            ``<output_file>.md``. Default ``hyper_<Model>_<dataset>.result``.
+        output_file (str): every trial's results in RecBole's layout; beside it
+            ``<output_file>.json`` and ``<output_file>.csv`` (each trial's
+            parameters, metrics and checkpoint) and the summary
+            ``<output_file>.md``. Default
+            ``log/tuning/hyper_<Model>_<dataset>.result`` (``log/`` is
+            git-ignored).
         tool (str): ``hyperopt`` (RecBole's ``HyperTuning``) or ``ray``.
         ray_cpus (int): CPUs of the local Ray instance (default: up to 2).
+        display_file (str): RecBole's ``display_file``: a figure of every
+            trial's valid score (``.html``, ``.png``, ``.svg`` or ``.pdf``).
 
     Returns:
         dict: ``best_params``, ``best_valid_score``, ``best_valid_result``,
-        ``best_test_result``, ``trials`` (one dict per trial), ``output_file``
-        and ``summary_file``.
+        ``best_test_result``, ``trials`` (one dict per trial), ``output_file``,
+        ``json_file``, ``csv_file``, ``summary_file`` and ``display_file``.
 
     Raises:
         ConfigError: a bad params file, option or fixed setting, before any
@@ -98,6 +114,13 @@ def run_tuning(
         raise ConfigError(
             f"--tool={tool} is invalid.{_closest(tool, list(TOOLS))} "
             f"Choose {', '.join(TOOLS)}."
+        )
+    if display_file is not None and (
+        os.path.splitext(str(display_file))[1].lower() not in DISPLAY_FORMATS
+    ):
+        raise ConfigError(
+            f"--display_file={display_file} is invalid: end it with one of "
+            f"{', '.join(DISPLAY_FORMATS)} (e.g. --display_file=tuning.html)."
         )
     for name, value in (("max_evals", max_evals), ("early_stop", early_stop)):
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -127,7 +150,9 @@ def run_tuning(
         trials_wanted = min(total, max_evals) if max_evals else total
     else:
         trials_wanted = max_evals or DEFAULT_MAX_EVALS
-    output_file = output_file or f"hyper_{model}_{dataset}.result"
+    output_file = output_file or os.path.join(
+        DEFAULT_OUTPUT_DIR, f"hyper_{model}_{dataset}.result"
+    )
     out_dir = os.path.dirname(os.path.abspath(output_file))
     os.makedirs(out_dir, exist_ok=True)
 
@@ -190,7 +215,12 @@ def run_tuning(
     }
     summary_file = output_file + ".md"
     write_results(output_file, summary)
+    write_json(output_file + ".json", summary)
+    write_csv(output_file + ".csv", summary)
     write_markdown(summary_file, summary)
+    if display_file is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(display_file)), exist_ok=True)
+        write_display(display_file, summary)
     return {
         "best_params": best["params"] if best else None,
         "best_valid_score": best["best_valid_score"] if best else None,
@@ -198,7 +228,10 @@ def run_tuning(
         "best_test_result": best["test_result"] if best else None,
         "trials": trials,
         "output_file": output_file,
+        "json_file": output_file + ".json",
+        "csv_file": output_file + ".csv",
         "summary_file": summary_file,
+        "display_file": display_file,
     }
 
 
