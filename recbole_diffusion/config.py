@@ -26,6 +26,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.evaluator.register import metric_types
 
 from recbole_diffusion.registry import MODEL_ALIASES, get_model
+from recbole_diffusion.settings_check import check_recbole_settings
 from recbole_diffusion.utils import ConfigError, _closest, check_lr_schedule
 
 __all__ = [
@@ -366,6 +367,7 @@ def build_config(
     # The model name as typed (with its variant) is kept for logs and files.
     config["model_variant"] = model
     _check_cmd_types(config, cmd_args)
+    check_recbole_settings(config)
     _check_metrics(config)
     check_lr_schedule(config)
     if dataset != DEFAULT_DATASET or data_path is not None:
