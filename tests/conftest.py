@@ -72,6 +72,42 @@ def write_tiny_dataset(root, name="tiny", users=TINY_USERS, items=TINY_ITEMS, se
     return str(root)
 
 
+def write_recall_dataset(root, name="recall", users=150, items=40, seed=0):
+    """Write ``root/name/name.inter``: the next item is an earlier one, never the last.
+
+    Each user returns to one anchor item between random others:
+    ``a, s1, a, s2, ..., a, s_k, a`` (odd lengths 7 to 15), with the anchor
+    ``a`` and every ``s`` uniform over the items (``s != a``). The test target
+    is ``a`` and the test history ends with ``s_k``, an item the user never
+    had before, so the last item alone says nothing about the target (chance
+    HR@10 = 10 / items = 0.25) while the history before it gives it away. The
+    validation target is ``s_k`` itself, unpredictable: validation says
+    nothing here, only the test set does.
+    """
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for user in range(users):
+        anchor = int(rng.integers(0, items))
+        pairs = int(rng.integers(3, 8))
+        sequence = []
+        for _ in range(pairs):
+            other = int(rng.integers(0, items - 1))
+            sequence += [anchor, other + (other >= anchor)]
+        sequence.append(anchor)
+        for position, item in enumerate(sequence):
+            lines.append(f"u{user}\ti{item}\t{position}")
+    with open(os.path.join(folder, f"{name}.inter"), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def recall_data_path(tmp_path_factory):
+    return write_recall_dataset(str(tmp_path_factory.mktemp("recall")))
+
+
 @pytest.fixture(scope="session")
 def tiny_data_path(tmp_path_factory):
     return write_tiny_dataset(str(tmp_path_factory.mktemp("data")))
