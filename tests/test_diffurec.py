@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from conftest import UNIT_N_ITEMS, UnitDataset, unit_config
 from recbole.data.interaction import Interaction
@@ -241,6 +242,33 @@ def test_trimming_gives_the_untrimmed_models_scores_and_loss(conditioning):
     torch.testing.assert_close(trimmed_loss, untrimmed_loss, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("conditioning", ["sum", "cross_attention"])
+def test_x0_hat_is_read_at_the_last_real_item(conditioning):
+    """Independent value: with the blocks made identities, x0_hat = LN(LN(E[last])).
+
+    Zero output projections turn every residual branch (attention, FFN,
+    cross-attention) into nothing, and delta = 0 removes the target, so the
+    approximator's output at a position is the LayerNorm of that position's
+    item embedding. The last items of the rows are 5, 11, 13 and 8, picked by
+    hand from ``SEQUENCES``; reading any other position (the first, or the
+    padded end) gives another item's embedding.
+    """
+    model = make_model(conditioning=conditioning, lambda_uncertainty=0.0).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            for layer in (block.attention.output, block.feed_forward[-1]):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        if conditioning == "cross_attention":
+            model.cross_attention.output.weight.zero_()
+            model.cross_attention.output.bias.zero_()
+        x_t, t = torch.randn(4, 16), torch.tensor([0, 3, 5, 7])
+        x0_hat = _approximate(model, make_batch(SEQUENCES), x_t, t)
+    last = model.item_embedding.weight[[5, 11, 13, 8]].detach()
+    expected = F.layer_norm(F.layer_norm(last, (16,), eps=1e-12), (16,), eps=1e-12)
+    torch.testing.assert_close(x0_hat, expected, rtol=0, atol=1e-5)
+
+
 def test_padded_positions_receive_no_attention():
     model = make_model(conditioning="cross_attention").eval()
     attention = model.blocks[0].attention
@@ -316,13 +344,39 @@ def test_offset_noise_is_one_shift_per_sample_shared_by_channels():
 
 
 def test_offset_noise_acts_in_training_only():
+    """The x_t that reaches the approximator in training carries the offset.
+
+    Both models draw t and then the N(0, I) noise first, so under one seed
+    their x_t differ by exactly ``sqrt(1 - abar_t) * 0.5 * delta_c``: one
+    shift per row, the same on every channel, with std 0.5 over rows. Read
+    from the approximator's input, not from ``training_noise``, so an offset
+    drawn but never added (or noise drawn again in ``q_sample``) fails here.
+    """
     with_offset = make_model(DiffuRecSys, offset_noise=0.5)
     without = make_model(DiffuRecSys, offset_noise=0.0)
     without.load_state_dict(with_offset.state_dict())
+    rows = [[(5 * r + j) % 19 + 1 for j in range(1 + r % 5)] for r in range(2000)]
+    big_batch = make_batch(rows)
+    seen = {}
+    for name, model in (("with", with_offset), ("without", without)):
+        model.eval()  # no dropout draws before the noise; the loss is the same code
+        original = model.approximate
+
+        def spy(history, mask, last, x_t, t, name=name, original=original):
+            seen[name] = (x_t.detach(), t)
+            return original(history, mask, last, x_t, t)
+
+        model.approximate = spy
+        loss_under_seed(model, big_batch)
+        del model.approximate
+    (x_with, t), (x_without, t_without) = seen["with"], seen["without"]
+    assert torch.equal(t, t_without)
+    scale = with_offset.diffusion.sqrt_one_minus_alphas_cumprod[t].unsqueeze(1)
+    shift = (x_with - x_without) / scale  # [B H], 0.5 delta_c per row
+    torch.testing.assert_close(shift, shift[:, :1].expand_as(shift), atol=1e-4, rtol=0)
+    assert shift[:, 0].std().item() == pytest.approx(0.5, rel=0.08)
+
     batch = make_batch(SEQUENCES)
-    assert not torch.allclose(
-        loss_under_seed(with_offset, batch), loss_under_seed(without, batch)
-    )
     with_offset.eval(), without.eval()
     torch.testing.assert_close(
         scores_under_seed(with_offset, batch),

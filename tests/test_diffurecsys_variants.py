@@ -3,12 +3,12 @@
 The paper's Table 1 is run by model name (``DiffuRecSys-Baseline``, ``-V1``,
 ``-V2``); these tests check that each name resolves to the switches of its row
 and to the paper's settings, that the baseline row really is DiffuRec, and
-that every variant learns the sequential structure of a small dataset.
+that every variant learns a small dataset whose next item is an earlier
+item of the history, never the last one.
 """
 
 import pytest
 import torch
-from conftest import write_tiny_dataset
 
 from recbole_diffusion.config import build_config
 from recbole_diffusion.model.diffurec import DiffuRec
@@ -113,38 +113,33 @@ def test_baseline_variant_is_diffurec(tiny_data_path, tmp_path):
     assert torch.equal(scores_a, scores_b)
 
 
-@pytest.fixture(scope="module")
-def stride_data_path(tmp_path_factory):
-    """150 users walking through 40 items with a per-user stride (20% noise).
-
-    Item popularity is uniform, so only the sequence predicts the next item:
-    chance is HR@10 = 0.25.
-    """
-    root = str(tmp_path_factory.mktemp("stride"))
-    return write_tiny_dataset(root, name="stride", users=150)
-
-
 @pytest.mark.parametrize("name", ["DiffuRec", "DiffuRecSys-V1", "DiffuRecSys"])
-def test_every_variant_learns_the_next_item(name, stride_data_path, tmp_path):
+def test_every_variant_learns_the_next_item(name, recall_data_path, tmp_path):
+    """On data where the next item is an earlier one, never the last one.
+
+    Catches: a model that does not learn, and one that reads the last item
+    alone (history hidden from the approximator: 0.36 to 0.39 after 12
+    epochs, measured at seed 2020 with every key but the last masked).
+    """
     config_dict = _small(
-        data_path=stride_data_path,
+        data_path=recall_data_path,
         checkpoint_dir=str(tmp_path),
         hidden_size=32,
         diffusion_steps=8,
         train_batch_size=64,
         eval_batch_size=256,
         learning_rate=0.005,
-        epochs=15,
-        eval_step=100,  # no validation during the run: only the test counts
+        epochs=10,
     )
-    config, _, train_data, valid_data, test_data, model = build_pipeline(
-        name, "stride", config_dict=config_dict
+    config, _, train_data, _, test_data, model = build_pipeline(
+        name, "recall", config_dict=config_dict
     )
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     before = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
-    trainer.fit(train_data, valid_data, saved=False, show_progress=False)
+    # measured at seed 2020: 0.21 to 0.25 before, 0.84 to 0.89 after 10 epochs;
+    # no validation: its targets are unpredictable here, only the test counts
+    trainer.fit(train_data, None, saved=False, show_progress=False)
     after = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
-    # measured at seed 2020: 0.27 to 0.28 before, 0.68 to 0.71 after 15 epochs
     assert before["hit@10"] < 0.4
-    assert after["hit@10"] > 0.5
-    assert after["ndcg@10"] > before["ndcg@10"] + 0.15
+    assert after["hit@10"] > 0.6
+    assert after["ndcg@10"] > before["ndcg@10"] + 0.2
