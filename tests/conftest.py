@@ -132,3 +132,36 @@ def tiny_config(tiny_data_path, tmp_path):
         "reproducibility": True,
         "worker": 0,
     }
+
+
+def hand_metrics(model, eval_data, k=10):
+    """HR@k and NDCG@k of ``model`` on ``eval_data``, computed here from its scores.
+
+    Full ranking over all items but the padding item 0 (no history masking,
+    as in every protocol here); the rank of the target is the number of items
+    scored strictly higher. Independent of RecBole's evaluator and collector.
+    """
+    model.eval()
+    hits, gains = [], []
+    with torch.no_grad():
+        for interaction, _, _, positive_i in eval_data:
+            scores = model.full_sort_predict(interaction)  # [B N]
+            scores[:, 0] = -float("inf")
+            target = scores.gather(1, positive_i.view(-1, 1))  # [B 1]
+            rank = (scores > target).sum(1)  # [B], 0 is the top
+            hits.append(rank < k)
+            gains.append(torch.where(rank < k, 1 / torch.log2(rank + 2.0), 0.0))
+    return {
+        f"hit@{k}": torch.cat(hits).float().mean().item(),
+        f"ndcg@{k}": torch.cat(gains).mean().item(),
+    }
+
+
+def trained_parts(initial, trained, prefixes):
+    """Which of the parameter groups named by ``prefixes`` training changed."""
+    return {
+        prefix
+        for prefix in prefixes
+        for key, value in trained.items()
+        if key.startswith(prefix) and not torch.equal(value, initial[key])
+    }
