@@ -692,3 +692,47 @@ def test_pretrained_embedding_replaces_stage_1(tiny_config, tmp_path):
     torch.save(torch.zeros(5, HIDDEN), tensor_file)
     with pytest.raises(ConfigError, match="shape"):
         ADRecTrainer(config, model)._load_pretrained(tensor_file)
+
+
+def test_learns_a_task_that_needs_more_than_the_last_item(recall_data_path, tmp_path):
+    """All three stages on data whose next item is an earlier one, never the last.
+
+    Catches: a model that does not learn, or reads the last item alone
+    (``conftest.write_recall_dataset``: chance is HR@10 = 0.25). The final
+    model is stage 3's, scored by the reverse chain. Measured at seed 2020:
+    0.23 before, 0.99 after 5 + 1 + 5 epochs.
+    """
+    config_dict = {
+        "data_path": recall_data_path,
+        "checkpoint_dir": str(tmp_path),
+        "hidden_size": 32,
+        "inner_size": 64,
+        "n_heads": 2,
+        "cam_layers": 1,
+        "adm_layers": 1,
+        "diffusion_steps": 4,
+        "MAX_ITEM_LIST_LENGTH": 10,
+        "train_batch_size": 32,
+        "eval_batch_size": 256,
+        "learning_rate": 0.005,
+        "pretrain_epochs": 5,
+        "warmup_epochs": 1,
+        "epochs": 5,
+        "show_progress": False,
+        "worker": 0,
+        "seed": 2020,
+        "reproducibility": True,
+        "state": "ERROR",
+    }
+    config, _, train_data, _, test_data, model = build_pipeline(
+        "ADRec", "recall", config_dict=config_dict
+    )
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    before = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    # no validation: its targets are unpredictable here, only the test counts
+    trainer.fit(train_data, None, saved=False, show_progress=False)
+    assert trainer.stage_history == [1, 2, 3] and model.stage == 3
+    after = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    assert before["hit@10"] < 0.45
+    assert after["hit@10"] > 0.7
+    assert after["ndcg@10"] > before["ndcg@10"] + 0.3

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from conftest import write_tiny_dataset
 from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_diffusion.config import build_config
@@ -176,36 +175,33 @@ def test_gradients_reach_every_parameter(small_pipeline):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-@pytest.fixture(scope="module")
-def stride_data_path(tmp_path_factory):
-    """150 users walking through 40 items with a per-user stride (chance HR@10 0.25)."""
-    return write_tiny_dataset(
-        str(tmp_path_factory.mktemp("stride")), name="stride", users=150
-    )
+def test_learns_the_next_item_and_its_checkpoint_loads_back(recall_data_path, tmp_path):
+    """Catches: a loss that does not train the scorer, a model that reads the
+    last item alone, and a checkpoint that does not restore the trained model.
 
-
-def test_learns_the_next_item_and_its_checkpoint_loads_back(stride_data_path, tmp_path):
-    """Catches: a loss that does not train the scorer; a checkpoint that does not
-    restore the trained model."""
+    The next item is an earlier item of the history, never the last one
+    (``conftest.write_recall_dataset``): chance is HR@10 = 0.25. Measured at
+    seed 2020: 0.24 before, 1.0 after 10 epochs.
+    """
     config_dict = _small(
-        stride_data_path,
+        recall_data_path,
         tmp_path,
         hidden_size=32,
         inner_size=64,
         learning_rate=0.005,
-        epochs=25,
+        epochs=10,
         eval_step=100,  # no validation during the run: the test set alone counts
     )
     config, _, train_data, valid_data, test_data, model = build_pipeline(
-        "SASRec+", "stride", config_dict=config_dict
+        "SASRec+", "recall", config_dict=config_dict
     )
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     before = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
     trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     after = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
     assert before["hit@10"] < 0.4
-    assert after["hit@10"] > 0.5
-    assert after["ndcg@10"] > before["ndcg@10"] + 0.15
+    assert after["hit@10"] > 0.7
+    assert after["ndcg@10"] > before["ndcg@10"] + 0.3
 
     _, loaded, _, _, _, loaded_test = load_data_and_model(trainer.saved_model_file)
     interaction = next(iter(test_data))[0]
