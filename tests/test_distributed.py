@@ -68,11 +68,12 @@ def test_padded_sampler_of_an_evaluation_loader_is_replaced():
 
 def test_two_gloo_processes_evaluate_the_same_users_as_one(tmp_path):
     """One epoch on 2 processes: every test user once, and, with the weights
-    left at their (rank-0) initialisation by a zero learning rate, exactly the
-    one-process metrics."""
+    left at their (rank-0) initialisation by a learning rate too small to move
+    any float32 weight (zero itself is refused), exactly the one-process
+    metrics."""
     settings = _ddp_settings(
         tmp_path,
-        learning_rate=0.0,
+        learning_rate=1e-30,
         train_batch_size=32,
         diffusion_steps=8,
         reproducibility=True,

@@ -390,6 +390,24 @@ def test_resume_continues_from_the_next_epoch(tiny_config):
     assert load_checkpoint(trainer.saved_model_file)["epoch"] in (0, 1)
 
 
+def test_runs_started_in_the_same_second_keep_their_own_checkpoints(
+    tiny_config, monkeypatch
+):
+    """Catches a checkpoint named by the start time alone: two tuning trials
+    (or parallel jobs) started in the same second overwrote each other's."""
+    import recbole.trainer.trainer as recbole_trainer
+
+    monkeypatch.setattr(
+        recbole_trainer, "get_local_time", lambda: "Dec-06-2026_12-00-00"
+    )
+    config, *_, model = build_pipeline(
+        model="GRU4Rec", dataset="tiny", config_dict=tiny_config
+    )
+    names = {Trainer(config, model).saved_model_file for _ in range(3)}
+    assert len(names) == 3
+    assert all("Dec-06-2026_12-00-00" in name for name in names)
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_config):
     config, _, train_data, valid_data, _, model = build_pipeline(
         model="SASRec", dataset="tiny", config_dict={**tiny_config, "epochs": 3}

@@ -2,6 +2,7 @@
 a per-epoch learning-rate schedule."""
 
 import os
+import secrets
 from collections import Counter
 
 import torch
@@ -38,6 +39,15 @@ class SafeCheckpointMixin:
     """
 
     _current_epoch = 0
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        # RecBole names the checkpoint after the start time to the second, so
+        # two runs started in the same second (tuning trials, parallel jobs)
+        # would overwrite each other's best model; a random suffix keeps each
+        # run's file its own.
+        stem, extension = os.path.splitext(self.saved_model_file)
+        self.saved_model_file = f"{stem}-{secrets.token_hex(3)}{extension}"
 
     def _checkpoint_state(self, epoch):
         return {
