@@ -6,32 +6,47 @@ error or an invalid configuration exits with status 2 and a one-line reason;
 a diverged training (or a failed worker process) exits with status 1.
 """
 
+import argparse
 import sys
+from pathlib import Path
 
-USAGE = """usage: run_recbole_diffusion.py [--model=NAME] [--dataset=NAME]
-                               [--config_files="a.yaml b.yaml"] [--resume=FILE]
-                               [--nproc=N [--world_size=W --ip=IP --port=P --offset=O]]
-                               [--key=value ...]
-       run_recbole_diffusion.py --tune [--params_file=FILE] [--algo=exhaustive]
-                               [--max_evals=N] [--early_stop=N] [--output_file=FILE]
-                               [--display_file=FILE]
-                               [--tool=hyperopt|ray] [--ray_cpus=N] [--model=...]
-                               [--key=value ...]
-       run_recbole_diffusion.py --recommend --model_file=FILE --user_ids=ID,ID,...
-                               [--topk=10] [--output_file=FILE.csv] [--dataset=NAME]
-                               [--include_seen]
+USAGE = """usage: {prog} [-m NAME] [-d NAME] [--config_files="a.yaml b.yaml"]
+           [--resume=FILE] [--nproc=N [--world_size=W --ip=IP --port=P --offset=O]]
+           [--key=value ...]
+       {prog} --tune [--params_file=FILE] [--algo=exhaustive] [--max_evals=N]
+           [--early_stop=N] [--output_file=FILE] [--display_file=FILE]
+           [--tool=hyperopt|ray] [--ray_cpus=N] [-m NAME] [--key=value ...]
+       {prog} --recommend --model_file=FILE --user_ids=ID,ID,... [--topk=10]
+           [--output_file=FILE.csv] [--dataset=NAME] [--include_seen]
+       {prog} --version
 
-Trains NAME (default: the flagship model) on NAME (default: ml-100k), picks the
-best epoch on validation and reports valid and test metrics.
+Trains a model (default: ADRec) on a dataset (default: ml-100k, bundled with
+RecBole), picks the best epoch on validation and reports valid and test metrics.
+Flags take '--flag value' or '--flag=value'; parameters take --key=value.
 
-  --model=NAME          a plugin model (ADRec, CDDRec, DiffuRec, DiffuRecSys,
-                        DiffuRecSys-V1, DuoRec) or any RecBole model (SASRec ...)
-  --dataset=NAME        ml-100k (bundled), amazon-beauty, amazon-toys, ml-1m, or
+  -m, --model NAME      a plugin model: ADRec, CDDRec, DiffuRec, DiffuRecSys, DuoRec,
+                        SASRec+; a variant: DiffuRecSys-V1, DiffuRecSys-V2,
+                        DiffuRecSys-Baseline, DiffuRecSys-Ensemble, the ablations
+                        DiffuRec-Lambda0, DiffuRecSys-Lambda0, ADRec-Lambda0,
+                        ADRec-Lambda0.01, ADRec-Lambda0.1, ADRec-Lambda1, and
+                        CDDRec-beauty, CDDRec-toys (the paper's per-dataset
+                        settings); or any RecBole model (SASRec, GRU4Rec, BERT4Rec ...)
+  -d, --dataset NAME    ml-100k (bundled), amazon-beauty, amazon-toys, ml-1m, or
                         your own atomic files with --data_path=FOLDER
-  --config_files=FILES  space-separated yaml files, lowest precedence first
-  --resume=FILE         resume training from a checkpoint written by this plugin
-  --key=value           any RecBole parameter, e.g. --epochs=5 --learning_rate=1e-3
+  --config_files FILES  space-separated yaml files, lowest precedence first
+  --resume FILE         resume training from a checkpoint written by this plugin
+  --key=value           any RecBole or model parameter, e.g. --learning_rate=1e-3;
+                        a key that no property file (nor one of your
+                        --config_files) defines is refused, with the closest name
+  --epochs=N            the epoch budget of the whole run; for ADRec it also caps
+                        stage 1 (pretrain_epochs) and stage 2 (warmup_epochs)
+                        unless those keys are given too
+  --version             print the versions of this package, RecBole and torch
   -h, --help            show this message
+
+ADRec on ml-100k uses a schedule sized for a first run (25 + 1 + 8 epochs, about 4
+minutes on 2 CPU cores); the paper's 200 + 5 + 200 epochs are one file away:
+  --config_files=props/ADRec/paper-schedule.yaml
 
 Multi-process training (torch DDP; backend nccl on GPUs, gloo on CPUs, or
 --backend=gloo|nccl). Each process trains on 1/N of every batch; every test
@@ -40,7 +55,8 @@ user is evaluated exactly once; only rank 0 writes the checkpoint and prints:
   --world_size=W        processes on all machines (default N)
   --ip=IP --port=P      address of the machine of rank 0 (default localhost and,
                         on one machine, a free port)
-  --offset=O            rank of this machine's first process (default 0)
+  --offset=O            rank of this machine's first process (default 0; RecBole's
+                        spelling --group_offset also works)
 
 Hyperparameter search (RecBole's HyperTuning, one full training per trial):
   --tune                search instead of training once
@@ -76,46 +92,19 @@ Recommendations from a checkpoint written by this plugin:
   unseen interaction.
 """
 
-# Flags the command consumes itself; everything else is a config parameter.
-COMMAND_FLAGS = {
-    "model",
-    "dataset",
-    "config_files",
-    "resume",
-    # multi-process training
-    "nproc",
-    "world_size",
-    "ip",
-    "port",
-    "offset",
-    # tuning
-    "tune",
-    "params_file",
-    "algo",
-    "max_evals",
-    "early_stop",
-    "output_file",
-    "tool",
-    "ray_cpus",
-    "display_file",
-    # recommendations
-    "recommend",
-    "model_file",
-    "user_ids",
-    "include_seen",
+# Flags of the command that take an integer, and their smallest valid value.
+_INT_FLAGS = {
+    "nproc": 1,
+    "world_size": 1,
+    "port": 1,
+    "offset": 0,
+    "max_evals": 1,
+    "early_stop": 1,
+    "ray_cpus": 1,
+    "topk": 1,
 }
-# Flags that may be given without a value.
-SWITCHES = {"tune", "recommend", "include_seen"}
-INT_FLAGS = {
-    "nproc",
-    "world_size",
-    "port",
-    "offset",
-    "max_evals",
-    "early_stop",
-    "ray_cpus",
-    "topk",
-}
+# Flags that may be given without a value (or with true/false).
+SWITCHES = ("tune", "recommend", "include_seen")
 TUNE_FLAGS = {
     "params_file",
     "algo",
@@ -133,46 +122,131 @@ class UsageError(Exception):
     """A malformed command line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors raised as one-line :class:`UsageError`
+    (argparse itself prints the usage and exits)."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _switch(text):
+    value = text.lower()
+    if value not in ("true", "1", "yes", "false", "0", "no"):
+        raise argparse.ArgumentTypeError(
+            f"takes no value (or true/false), got '{text}'"
+        )
+    return value in ("true", "1", "yes")
+
+
+def _int_at_least(smallest):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < smallest:
+            raise argparse.ArgumentTypeError(f"must be >= {smallest}, got {value}")
+        return value
+
+    return parse
+
+
+def _build_parser():
+    # allow_abbrev=False: a parameter such as --output must not be taken for
+    # --output_file. Every default is SUPPRESS, so that only given flags appear.
+    parser = _Parser(
+        prog=program_name(),
+        add_help=False,
+        allow_abbrev=False,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument("--version", action="store_true")
+    parser.add_argument("-m", "--model")
+    parser.add_argument("-d", "--dataset")
+    parser.add_argument("--config_files", type=str.split)
+    parser.add_argument("--resume")
+    for name in ("ip", "params_file", "algo", "output_file", "tool", "display_file"):
+        parser.add_argument(f"--{name}")
+    parser.add_argument("--model_file")
+    parser.add_argument("--user_ids")
+    for name, smallest in _INT_FLAGS.items():
+        if name not in ("offset", "topk"):
+            parser.add_argument(f"--{name}", type=_int_at_least(smallest))
+    # RecBole's run_recbole.py calls the rank offset --group_offset.
+    parser.add_argument(
+        "--offset", "--group_offset", dest="offset", type=_int_at_least(0)
+    )
+    for name in SWITCHES:
+        parser.add_argument(f"--{name}", nargs="?", const=True, type=_switch)
+    return parser
+
+
+def program_name():
+    """The name the user typed: the script, the console script or ``-m``."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if name in ("__main__.py", "-m", "-c", ""):
+        return "python -m recbole_diffusion"
+    return name
+
+
 def parse_args(argv):
-    """Split ``argv`` into the command's flags and ``--key=value`` parameters."""
-    flags, params = {}, {}
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            flags["help"] = True
-            continue
-        if arg.startswith("--") and arg[2:] in SWITCHES:
-            arg += "=true"
+    """Split ``argv`` into the command's flags and ``--key=value`` parameters.
+
+    The command's flags take ``--flag value`` or ``--flag=value`` (and ``-m``,
+    ``-d``); every other argument is a RecBole parameter ``--key=value``, as
+    RecBole's own ``run_recbole.py`` reads them.
+    """
+    argv = list(argv)
+    namespace, rest = _build_parser().parse_known_args(argv)
+    flags = vars(namespace)
+    for name in ("help", "version"):
+        if not flags.get(name):
+            flags.pop(name, None)
+    _refuse_repeated_flags(argv)
+    params = {}
+    for arg in rest:
         if not arg.startswith("--") or "=" not in arg:
             raise UsageError(
-                f"cannot read '{arg}': every argument has the form --key=value"
+                f"cannot read '{arg}': parameters have the form --key=value "
+                "(see --help)"
             )
         key, value = arg[2:].split("=", 1)
         if not key:
             raise UsageError(f"cannot read '{arg}': the key is empty")
-        target = flags if key in COMMAND_FLAGS else params
-        if key in target and target[key] != value:
+        if key in params and params[key] != value:
             raise UsageError(f"--{key} is given twice with different values")
-        target[key] = value
-    if "config_files" in flags:
-        flags["config_files"] = flags["config_files"].split()
-    for switch in SWITCHES & set(flags):
-        value = flags[switch].lower()
-        if value not in ("true", "1", "yes", "false", "0", "no"):
-            raise UsageError(
-                f"--{switch} takes no value (or true/false), got '{value}'"
-            )
-        flags[switch] = value in ("true", "1", "yes")
+        params[key] = value
     # --topk is the recommendation count with --recommend, RecBole's metric
     # cut-offs otherwise.
     if flags.get("recommend") and "topk" in params:
-        flags["topk"] = params.pop("topk")
-    for key in INT_FLAGS & set(flags):
         try:
-            flags[key] = int(flags[key])
-        except ValueError:
-            raise UsageError(f"--{key}={flags[key]} is not an integer") from None
+            flags["topk"] = _int_at_least(1)(params.pop("topk"))
+        except argparse.ArgumentTypeError as error:
+            raise UsageError(f"argument --topk: {error}") from None
     _check_modes(flags)
     return flags, params
+
+
+def _refuse_repeated_flags(argv):
+    # argparse keeps the last of repeated flags silently; a run with two
+    # different models or datasets is more likely a mistake.
+    seen = {}
+    aliases = {"-m": "model", "-d": "dataset", "group_offset": "offset"}
+    words = iter(argv)
+    for word in words:
+        if not word.startswith("-") or word in ("-h", "--help"):
+            continue
+        name, _, value = word.lstrip("-").partition("=")
+        name = aliases.get(word if word in aliases else name, name)
+        if name not in ("model", "dataset", "config_files", "resume", "model_file"):
+            continue
+        if "=" not in word:
+            value = next(words, "")
+        if name in seen and seen[name] != value:
+            raise UsageError(f"--{name} is given twice with different values")
+        seen[name] = value
 
 
 def _check_modes(flags):
@@ -217,6 +291,11 @@ def _print_results(result):
     print(dict2str(result["test_result"] or {}))
     if result.get("model_file"):
         print(f"checkpoint: {result['model_file']}")
+    if result.get("result_file"):
+        print(f"result file: {result['result_file']}")
+    if result.get("wall_seconds") is not None:
+        minutes, seconds = divmod(round(result["wall_seconds"]), 60)
+        print(f"wall time: {minutes} min {seconds:02d} s")
 
 
 def _train(flags, params):
@@ -325,6 +404,22 @@ def _typed(params):
     return typed
 
 
+def version_line():
+    """This package's version and those of the libraries it runs on, read
+    from the installed metadata (nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from recbole_diffusion import __version__
+
+    parts = []
+    for package in ("recbole", "torch"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{package} not installed")
+    return f"recbole-diffusion {__version__} ({', '.join(parts)})"
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -333,11 +428,21 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     if flags.get("help"):
-        print(USAGE)
+        print(USAGE.format(prog=program_name()))
         return 0
+    if flags.get("version"):
+        print(version_line())
+        return 0
+    from recbole_diffusion.precheck import check_command_line
+    from recbole_diffusion.utils import ConfigError
+
+    try:
+        check_command_line(flags, params)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     from recbole_diffusion.trainer import CheckpointError, TrainingDivergedError
-    from recbole_diffusion.utils import ConfigError
 
     try:
         if flags.get("tune"):

@@ -15,16 +15,17 @@ Everything that can be checked without loading data is checked here, so a bad
 run stops before any work with a message that says what to change.
 """
 
+import ast
 import importlib.resources
 import logging
 import os
 import re
 from pathlib import Path
 
-import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.evaluator.register import metric_types
 
+from recbole_diffusion.precheck import load_yaml_file as _load_yaml_file
 from recbole_diffusion.registry import MODEL_ALIASES, get_model
 from recbole_diffusion.settings_check import check_recbole_settings
 from recbole_diffusion.utils import ConfigError, _closest, check_lr_schedule
@@ -113,6 +114,19 @@ class Config(RecBoleConfig):
     def _load_cmd_line(self):
         return self._convert_config_dict(dict(self._cmd_args))
 
+    def _convert_config_dict(self, config_dict):
+        """Read string values as Python literals (numbers, lists, dicts,
+        booleans, None), or keep them as strings.
+
+        RecBole's version calls ``eval`` on every ``--key=value``, so a value
+        could run code; ``ast.literal_eval`` reads the same literals and
+        nothing else.
+        """
+        for key, value in config_dict.items():
+            if isinstance(value, str):
+                config_dict[key] = _literal(value)
+        return config_dict
+
     def _init_device(self):
         if "local_rank" not in self.final_config_dict:
             return super()._init_device()
@@ -158,27 +172,15 @@ class Config(RecBoleConfig):
             self.final_config_dict["verbose"] = False
 
 
-def _load_yaml_file(path, what):
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"{what} '{path}' does not exist. Check the path "
-            f"(relative paths are read from {Path.cwd()})."
-        )
+def _literal(text):
     try:
-        with open(path, encoding="utf-8") as handle:
-            content = yaml.safe_load(handle)
-    except yaml.YAMLError as error:
-        raise ConfigError(
-            f"{what} '{path}' is not valid YAML: {error}. "
-            "Fix the file (one 'key: value' per line)."
-        ) from error
-    if content is not None and not isinstance(content, dict):
-        raise ConfigError(
-            f"{what} '{path}' must hold 'key: value' lines, "
-            f"found a {type(content).__name__}."
-        )
-    return content or {}
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        lowered = text.strip().lower()
+        return {"true": True, "false": False}.get(lowered, text)
+    if isinstance(value, set):  # not a RecBole type; keep what was typed
+        return text
+    return value
 
 
 def _resolve_data_path(data_path):
@@ -285,6 +287,17 @@ def _check_cmd_types(config, cmd_args):
             )
 
 
+def _cap_stage_epochs(config, model_class, given):
+    """A user's ``epochs`` bounds the whole run: it also caps the budgets of a
+    staged model's earlier stages (ADRec's ``pretrain_epochs`` and
+    ``warmup_epochs``), unless the user set those as well."""
+    if "epochs" not in given:
+        return
+    for key in getattr(model_class, "stage_epoch_keys", ()):
+        if key not in given and isinstance(config[key], int):
+            config[key] = min(config[key], config["epochs"])
+
+
 def build_config(
     model=None,
     dataset=None,
@@ -368,6 +381,7 @@ def build_config(
     config["model_variant"] = model
     _check_cmd_types(config, cmd_args)
     check_recbole_settings(config)
+    _cap_stage_epochs(config, model_class, {**user_settings, **config_dict, **cmd_args})
     _check_metrics(config)
     check_lr_schedule(config)
     if dataset != DEFAULT_DATASET or data_path is not None:

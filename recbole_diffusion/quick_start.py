@@ -186,6 +186,9 @@ def run_recbole_diffusion(
     started_at = datetime.datetime.now().astimezone()
     started = time.perf_counter()
     config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
+    if resume_file:
+        # A missing or unsafe checkpoint is refused before the run's log exists.
+        load_checkpoint(resume_file)
     log_file = init_run_logger(config)
     logger = getLogger()
     logger.info(config)
@@ -194,6 +197,7 @@ def run_recbole_diffusion(
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     if resume_file:
         trainer.resume_checkpoint(resume_file)
+    logger.info(set_color("training budget", "blue") + f": {_budget(trainer)}")
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -212,18 +216,29 @@ def run_recbole_diffusion(
         # Internal ids of the users the test evaluated (all processes under DDP).
         "test_users": _evaluated_users(trainer),
     }
+    result["wall_seconds"] = time.perf_counter() - started
     result["result_file"] = write_run_result(
         config,
         trainer,
         result,
         log_file,
         started_at,
-        time.perf_counter() - started,
+        result["wall_seconds"],
         str(resume_file) if resume_file else None,
     )
     if result["result_file"]:
         logger.info(set_color("result file", "yellow") + f": {result['result_file']}")
     return result
+
+
+def _budget(trainer):
+    """The run's epoch budget, in words (ADRec: one per stage)."""
+    patience = f"early stopping after {trainer.stopping_step} evaluations without gain"
+    stages = getattr(trainer, "stage_epochs", None)
+    if stages:
+        counts = " + ".join(str(stages[stage]) for stage in sorted(stages))
+        return f"at most {counts} epochs (stages 1, 2, 3), {patience}"
+    return f"at most {trainer.epochs} epochs, {patience}"
 
 
 def _evaluated_users(trainer):

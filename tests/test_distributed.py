@@ -166,6 +166,6 @@ def test_nproc_beyond_the_machine_is_refused(tiny_data_path, capsys):
 
 def test_distributed_flags_are_checked(capsys):
     assert cli.main(["--nproc=two"]) == 2
-    assert "--nproc=two is not an integer" in capsys.readouterr().err
+    assert "--nproc: 'two' is not an integer" in capsys.readouterr().err
     assert cli.main(["--tune", "--nproc=2"]) == 2
     assert "cannot be used with --tune" in capsys.readouterr().err

@@ -299,7 +299,7 @@ def test_heads_that_do_not_split_hidden_size_refused(model):
 @pytest.mark.parametrize(
     "argv, reason",
     [
-        (["--model"], "--key=value"),
+        (["--model"], "expected one argument"),
         (["SASRec"], "--key=value"),
         (["--model=SASRek"], "Unknown model 'SASRek'"),
         (["--model=SASRec", "--dataset=nope"], "Dataset 'nope' not found"),
@@ -374,6 +374,46 @@ def test_unsafe_checkpoint_refused(tmp_path, tiny_config):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pth")
+
+
+class _Payload:
+    """Unpickling this calls ``Path.touch`` on the marker: code run by a load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path(self.marker).touch, ())
+
+
+@pytest.mark.parametrize("entry", ["resume", "recommend", "load_data_and_model"])
+def test_a_payload_checkpoint_never_runs(
+    entry, tmp_path, tiny_config, monkeypatch, capsys
+):
+    """Catches any checkpoint load without weights_only=True (the payload would
+    create the marker), and a refusal that leaves a log or a traceback."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"config": _Payload(marker), "state_dict": {}}, path)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    settings = [f"--{k}={v}" for k, v in tiny_config.items() if k != "checkpoint_dir"]
+    if entry == "load_data_and_model":
+        with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+            load_data_and_model(str(path))
+    else:
+        argv = (
+            ["--model=SASRec", "--dataset=tiny", f"--resume={path}", *settings]
+            if entry == "resume"
+            else ["--recommend", f"--model_file={path}", "--user_ids=1"]
+        )
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert "cannot be loaded safely" in err
+    assert not marker.exists()
+    assert list(work.iterdir()) == []  # no log of a run that never started
 
 
 def test_resume_continues_from_the_next_epoch(tiny_config):

@@ -281,6 +281,9 @@ class ADRec(SequentialRecommender):
     """
 
     input_type = InputType.POINTWISE
+    # Epoch budgets of the stages before the last (whose budget is ``epochs``):
+    # a user's --epochs=N caps them too, unless they are given as well.
+    stage_epoch_keys = ("pretrain_epochs", "warmup_epochs")
 
     @classmethod
     def validate_config(cls, config):

@@ -3,6 +3,7 @@ a per-epoch learning-rate schedule."""
 
 import os
 import secrets
+import time
 from collections import Counter
 
 import torch
@@ -20,6 +21,7 @@ from recbole_diffusion.utils import config_value
 __all__ = [
     "LearningRateScheduleMixin",
     "SafeCheckpointMixin",
+    "TimeEstimateMixin",
     "Trainer",
     "TrainingDivergedError",
     "make_safe",
@@ -136,6 +138,41 @@ class SafeCheckpointMixin:
         )
 
 
+class TimeEstimateMixin:
+    """Log how long the rest of a training run may take, after its first epoch.
+
+    The first epoch's time (training and validation) times the epochs left in
+    the budget is an upper bound: early stopping usually ends sooner. For
+    ADRec each stage (its own ``fit`` budget) gets its own estimate.
+    """
+
+    _estimate_epoch_started = None
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        now = time.perf_counter()
+        first_of_fit = epoch_idx == self.start_epoch
+        if first_of_fit:
+            self._estimate_epoch_started = now
+        elif self._estimate_epoch_started is not None:
+            seconds = now - self._estimate_epoch_started
+            self._estimate_epoch_started = None
+            left = self.epochs - epoch_idx
+            self.logger.info(
+                set_color("time estimate", "blue")
+                + f": {seconds:.1f} s per epoch; at most {left} more epochs, "
+                f"{_minutes(seconds * left)} (early stopping usually ends sooner)"
+            )
+        return super()._train_epoch(
+            train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress
+        )
+
+
+def _minutes(seconds):
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min"
+
+
 class LearningRateScheduleMixin:
     """A per-epoch learning-rate schedule, which RecBole's trainer lacks.
 
@@ -198,6 +235,7 @@ class LearningRateScheduleMixin:
 
 class Trainer(
     LearningRateScheduleMixin,
+    TimeEstimateMixin,
     DistributedTrainerMixin,
     SafeCheckpointMixin,
     RecBoleTrainer,
@@ -210,12 +248,12 @@ _SAFE_CLASSES = {}
 
 
 def make_safe(trainer_class):
-    """Return ``trainer_class`` with :class:`SafeCheckpointMixin` and
-    :class:`DistributedTrainerMixin` mixed in (the DDP mixin first, so that it
+    """Return ``trainer_class`` with :class:`TimeEstimateMixin`,
+    :class:`SafeCheckpointMixin` and :class:`DistributedTrainerMixin` mixed in (the DDP mixin first, so that it
     waits for rank 0's checkpoint before the checkpoint mixin loads it)."""
     mixins = tuple(
         mixin
-        for mixin in (DistributedTrainerMixin, SafeCheckpointMixin)
+        for mixin in (TimeEstimateMixin, DistributedTrainerMixin, SafeCheckpointMixin)
         if not issubclass(trainer_class, mixin)
     )
     if not mixins:
