@@ -25,6 +25,7 @@ from pathlib import Path
 from recbole.config import Config as RecBoleConfig
 from recbole.evaluator.register import metric_types
 
+from recbole_diffusion.data_check import check_atomic_files
 from recbole_diffusion.precheck import load_yaml_file as _load_yaml_file
 from recbole_diffusion.registry import MODEL_ALIASES, get_model
 from recbole_diffusion.settings_check import check_recbole_settings
@@ -249,6 +250,16 @@ def _check_metrics(config):
         )
 
 
+_TYPE_WORDS = {
+    bool: "True or False",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    tuple: "a list",
+    dict: "a dict",
+}
+
+
 def _check_cmd_types(config, cmd_args):
     """Refuse a ``--key=value`` whose value cannot have the key's type."""
     defaults = dict(config.internal_config_dict)
@@ -280,7 +291,8 @@ def _check_cmd_types(config, cmd_args):
             ok = isinstance(value, (list, tuple, dict))
         if not ok:
             raise ConfigError(
-                f"--{key}={cmd_args[key]} cannot be read as a {expected.__name__} "
+                f"--{key}={cmd_args[key]} cannot be read as "
+                f"{_TYPE_WORDS.get(expected, expected.__name__)} "
                 f"(the default is {default!r}). Give e.g. --{key}={default!r}.".replace(
                     "'", ""
                 )
@@ -388,6 +400,7 @@ def build_config(
         if not looked_in:
             looked_in = [Path(config["data_path"]).parent]
         _check_dataset_files(config, looked_in)
+    check_atomic_files(config)
     validate = getattr(model_class, "validate_config", None)
     if validate is not None:
         validate(config)

@@ -15,6 +15,7 @@ from recbole.data.utils import create_samplers, get_dataloader
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_diffusion.config import build_config
+from recbole_diffusion.data_check import check_interactions_left, nothing_left_error
 from recbole_diffusion.registry import get_model, get_trainer
 from recbole_diffusion.results import write_run_result
 from recbole_diffusion.trainer import load_checkpoint
@@ -93,7 +94,13 @@ def create_dataset(config):
         dataset_class = getattr(
             recbole_data, _TYPE_TO_DATASET[config["MODEL_TYPE"].name]
         )
-    return dataset_class(config)
+    try:
+        return dataset_class(config)
+    except ValueError as error:
+        # RecBole's own words when its filters removed every interaction.
+        if "feat is empty" in str(error):
+            raise nothing_left_error(config) from error
+        raise
 
 
 def data_preparation(config, dataset):
@@ -131,9 +138,11 @@ def data_preparation(config, dataset):
     return train_data, valid_data, test_data
 
 
-def _build_from_config(config):
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
+def _build_from_config(config, dataset=None):
+    if dataset is None:
+        init_seed(config["seed"], config["reproducibility"])
+        dataset = create_dataset(config)
+        check_interactions_left(config, dataset)
     logger = getLogger()
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
@@ -189,10 +198,17 @@ def run_recbole_diffusion(
     if resume_file:
         # A missing or unsafe checkpoint is refused before the run's log exists.
         load_checkpoint(resume_file)
+    # The dataset is built before the run's log starts: a dataset that the
+    # filters leave empty is refused without a log of a run that never began.
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    check_interactions_left(config, dataset)
     log_file = init_run_logger(config)
     logger = getLogger()
     logger.info(config)
-    dataset, train_data, valid_data, test_data, model = _build_from_config(config)
+    dataset, train_data, valid_data, test_data, model = _build_from_config(
+        config, dataset
+    )
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     if resume_file:
