@@ -144,7 +144,9 @@ def test_ml100k_is_the_bundled_default():
 def test_shared_dataset_resolves_by_name(tmp_path, monkeypatch):
     folder = tmp_path / "amazon-beauty"
     folder.mkdir()
-    (folder / "amazon-beauty.inter").write_text("user_id:token\titem_id:token\n")
+    (folder / "amazon-beauty.inter").write_text(
+        "user_id:token\titem_id:token\ttimestamp:float\n1\t1\t1\n"
+    )
     monkeypatch.setenv("RECBOLE_DIFFUSION_DATA", str(tmp_path))
     config = build_config(model="SASRec", dataset="amazon-beauty")
     assert Path(config["data_path"]) == folder.resolve()
