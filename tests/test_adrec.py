@@ -250,6 +250,25 @@ def test_bad_hyperparameters_are_refused(key, value):
         ADRec(make_config(**{key: value}), UnitDataset())
 
 
+def test_gelu_tanh_is_the_reference_codes_tanh_approximation():
+    """Catches 'gelu_tanh' built as the exact GELU (the parity check's 2.2e-3
+    gap) or the default changed from the exact form the tables used."""
+    x = torch.linspace(-3, 3, 61)
+    # tanh approximation, written out (Hendrycks & Gimpel 2016)
+    tanh_form = (
+        0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    )
+    for act, expected in (
+        ("gelu_tanh", tanh_form),
+        ("gelu", x * 0.5 * (1 + torch.erf(x / math.sqrt(2)))),
+    ):
+        model = make_model(hidden_act=act)
+        gelus = [m for m in model.modules() if isinstance(m, torch.nn.GELU)]
+        assert gelus, act
+        for module in gelus:
+            assert torch.allclose(module(x), expected, atol=1e-6), act
+
+
 @pytest.mark.parametrize("std", [0.02, 1.0])
 def test_item_embedding_starts_at_the_configured_scale(std):
     model = make_model(hidden_size=64, embedding_init_std=std)
