@@ -1,0 +1,178 @@
+"""``benchmarks/results/parity.md`` from ``benchmarks/results/raw/parity.jsonl``.
+
+Per model: how to obtain the reference checkout (repository, commit, the
+run-time patches, the exact commands) and the latest equivalence run's
+largest absolute differences against the 1e-4 target. The training half is
+not measured yet; the page says so per model.
+
+Run ``python -m benchmarks.parity.render`` (``--raw``, ``--output`` to
+change the paths).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from benchmarks.parity.compare import TARGET
+from benchmarks.parity.reference import REFERENCES, checkout_command
+
+__all__ = ["DEFAULT_PAGE", "FINDINGS", "latest_runs", "load_records", "main", "render"]
+
+_RESULTS = Path(__file__).resolve().parents[1] / "results"
+DEFAULT_RAW = _RESULTS / "raw" / "parity.jsonl"
+DEFAULT_PAGE = _RESULTS / "parity.md"
+
+
+def load_records(path=DEFAULT_RAW):
+    """The records of the jsonl file ``path`` (none if it is missing)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def latest_runs(records):
+    """``{model: records of its latest equivalence run}`` (a run: one date)."""
+    runs = {}
+    for record in records:
+        if record.get("kind") != "equivalence":
+            continue
+        model, date = record["model"], record["date"]
+        if model not in runs or date > runs[model][0]:
+            runs[model] = (date, [])
+        if date == runs[model][0]:
+            runs[model][1].append(record)
+    return {model: run for model, (_, run) in runs.items()}
+
+
+def _status(record):
+    if record["max_abs_diff"] <= TARGET:
+        return "within"
+    if not record.get("expected_equal", True):
+        return "not expected (deviation)"
+    return "**MISSED**"
+
+
+def _cell(text):
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+# What a run found, where the records alone do not say it.
+FINDINGS = {
+    "ADRec": (
+        "Finding: as built, ADRec misses the target (rows without a prefix) "
+        "because its feed-forward uses torch's exact (erf) GELU "
+        "(`hidden_act: gelu`) where the reference uses the tanh approximation; "
+        'no config value selects the tanh form. The rows prefixed "tanh GELU '
+        'in ours" repeat the check, on the same inputs and draws, with only '
+        "our GELU modules swapped for the tanh form at run time: every "
+        "quantity is then within the target, so the activation accounts for "
+        "the whole difference. It is not listed among the model's documented "
+        "deviations; MODELS.md does not fix the activation, so the model is "
+        "left as it is here."
+    ),
+}
+
+
+def _model_section(model, run):
+    reference = REFERENCES[model]
+    lines = [
+        f"## {model}",
+        "",
+        f"- Reference: {reference.repository} at commit `{reference.commit}`.",
+        f"- Checkout: `{checkout_command(model)}`",
+        f"- Equivalence: `python -m benchmarks.parity.equivalence --model={model} "
+        f"--reference-dir=/tmp/refs/{model}`",
+        "- Run-time patches (applied in memory; nothing of the reference is copied here):",
+    ]
+    lines += [f"  - {patch}" for patch in reference.patches]
+    lines.append("")
+    if not run:
+        lines += ["Equivalence: not yet measured.", ""]
+    else:
+        first = run[0]
+        commit = first["reference_commit"]
+        verified = (
+            "verified with git" if first.get("commit_verified") else "not verified"
+        )
+        lines += [
+            f"Equivalence run of {first['date']} ({first.get('dtype', 'float32')}, "
+            f"torch {first['torch']}, seed {first.get('seed', 0)}, reference at "
+            f"`{commit}`, {verified}):",
+            "",
+            f"| quantity | max abs diff | target {TARGET:g} | note |",
+            "|---|---:|---|---|",
+        ]
+        for record in run:
+            lines.append(
+                f"| {_cell(record['quantity'])} | {record['max_abs_diff']:.2e} | "
+                f"{_status(record)} | {_cell(record.get('note', ''))} |"
+            )
+        lines.append("")
+        if model in FINDINGS:
+            lines += [FINDINGS[model], ""]
+    lines += [
+        "Training parity (both trained on the reference's data, learning curves "
+        "side by side): not yet measured.",
+        "",
+    ]
+    return lines
+
+
+def render(records):
+    """The page's markdown for ``records``."""
+    runs = latest_runs(records)
+    lines = [
+        "# Parity with the reference codes",
+        "",
+        "Equivalence: our model and the reference code with the same weights "
+        "(ours copied into theirs), the same inputs and the same random draws "
+        "(noise, steps and lambda injected into both); each row is the largest "
+        "absolute difference of one quantity, against a target of "
+        f"{TARGET:g}. Both sides run in `eval` mode (no dropout) on tiny "
+        "sizes, on the CPU. Where a documented deviation of ours changes the "
+        "output, the check either switches ours to the reference's behaviour, "
+        "chooses inputs on which both agree, or records the quantity as not "
+        "expected to agree; the note says which.",
+        "",
+        "Page made by `python -m benchmarks.parity.render` from "
+        "`benchmarks/results/raw/parity.jsonl`; the latest run of each model "
+        "is shown.",
+        "",
+    ]
+    summary = [
+        "| model | quantities | within target | not expected | missed |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for model in REFERENCES:
+        run = runs.get(model, [])
+        within = sum(r["max_abs_diff"] <= TARGET for r in run)
+        deviation = sum(
+            r["max_abs_diff"] > TARGET and not r.get("expected_equal", True)
+            for r in run
+        )
+        summary.append(
+            f"| {model} | {len(run)} | {within} | {deviation} | "
+            f"{len(run) - within - deviation} |"
+            if run
+            else f"| {model} | not yet measured | | | |"
+        )
+    lines += summary + [""]
+    for model in REFERENCES:
+        lines += _model_section(model, runs.get(model, []))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.parity.render")
+    parser.add_argument("--raw", default=str(DEFAULT_RAW))
+    parser.add_argument("--output", default=str(DEFAULT_PAGE))
+    args = parser.parse_args(argv)
+    page = render(load_records(args.raw))
+    Path(args.output).write_text(page, encoding="utf-8")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
