@@ -42,6 +42,11 @@ _BOOLS = (
     "log_wandb",
     "save_dataset",
     "save_dataloaders",
+    "fast_dropout",
+    "fast_gelu",
+    "detect_anomaly",
+    "malloc_keep_memory",
+    "fused_optimizer",
 )
 _EXAMPLES = {"epochs": 200, "train_batch_size": 256, "MAX_ITEM_LIST_LENGTH": 50}
 
@@ -55,6 +60,8 @@ def _is_number(value):
 
 
 def _is_dropout_key(key):
+    if key in _BOOLS:  # fast_dropout is a switch, not a probability
+        return False
     return key == "dropout" or key.endswith("dropout_prob") or key.endswith("_dropout")
 
 

@@ -99,6 +99,7 @@ from recbole_diffusion.diffusion import (
     get_beta_schedule,
     respaced_steps,
 )
+from recbole_diffusion.fast_layers import use_fast_layers
 from recbole_diffusion.utils import (
     ConfigError,
     check_choice,
@@ -408,6 +409,10 @@ class ADRec(SequentialRecommender):
 
         # parameters initialization
         self.apply(self._init_weights)
+
+        # cheaper dropout masks and GELU on the CPU, same maths (fast_dropout,
+        # fast_gelu; see recbole_diffusion.fast_layers)
+        use_fast_layers(self, config)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Embedding):

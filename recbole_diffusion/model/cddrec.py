@@ -133,6 +133,7 @@ from recbole_diffusion.diffusion import (
     GaussianDiffusion,
     get_beta_schedule,
 )
+from recbole_diffusion.fast_layers import use_fast_layers
 from recbole_diffusion.utils import (
     ConfigError,
     check_choice,
@@ -388,6 +389,10 @@ class CDDRec(SequentialRecommender):
         # parameters initialization
         self.apply(self._init_weights)
         nn.init.normal_(self.mask_embedding, mean=0.0, std=self.initializer_range)
+
+        # cheaper dropout masks and GELU on the CPU, same maths (fast_dropout,
+        # fast_gelu; see recbole_diffusion.fast_layers)
+        use_fast_layers(self, config)
 
     def _init_weights(self, module):
         """N(0, initializer_range) weights, zero biases, unit LayerNorms."""

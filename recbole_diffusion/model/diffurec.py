@@ -58,7 +58,6 @@ Deviations:
 """
 
 import torch
-import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
@@ -70,6 +69,7 @@ from recbole_diffusion.diffusion import (
     get_beta_schedule,
     respaced_steps,
 )
+from recbole_diffusion.fast_layers import attention, use_fast_layers
 from recbole_diffusion.utils import (
     check_choice,
     check_heads_divide_hidden,
@@ -86,6 +86,9 @@ CONDITIONINGS = ("sum", "cross_attention")
 
 class MultiHeadAttention(nn.Module):
     """Scaled dot-product multi-head attention with a key padding mask."""
+
+    # set by use_fast_layers: attention dropout through fast_dropout on the CPU
+    fast_attention_dropout = False
 
     def __init__(self, hidden_size, n_heads, attn_dropout_prob):
         super().__init__()
@@ -108,12 +111,13 @@ class MultiHeadAttention(nn.Module):
         k = self._split_heads(self.key(key))  # [B heads Lk H/heads]
         v = self._split_heads(self.value(value))  # [B heads Lk H/heads]
         allowed = ~key_padding_mask[:, None, None, :]  # [B 1 1 Lk]
-        attended = F.scaled_dot_product_attention(
+        attended = attention(
             q,
             k,
             v,
             attn_mask=allowed,
             dropout_p=self.attn_dropout_prob if self.training else 0.0,
+            fast=self.fast_attention_dropout,
         )  # [B heads Lq H/heads]
         attended = attended.transpose(1, 2).reshape(batch, query_length, hidden)
         return self.output(attended)
@@ -253,6 +257,10 @@ class DiffuRec(SequentialRecommender):
 
         # parameters initialization
         self.apply(self._init_weights)
+
+        # cheaper dropout masks and GELU on the CPU, same maths (fast_dropout,
+        # fast_gelu; see recbole_diffusion.fast_layers)
+        use_fast_layers(self, config)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Embedding):

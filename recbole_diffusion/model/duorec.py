@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.sequential_recommender.sasrec import SASRec
 
+from recbole_diffusion.fast_layers import use_fast_layers
 from recbole_diffusion.utils import (
     ConfigError,
     check_choice,
@@ -147,6 +148,10 @@ class DuoRec(SASRec):
         self.register_buffer("same_target_keys", keys, persistent=False)  # [R]
         self.register_buffer("same_target_seqs", seqs, persistent=False)  # [R L]
         self.register_buffer("same_target_lengths", lengths, persistent=False)
+
+        # cheaper dropout masks and GELU on the CPU, same maths (fast_dropout,
+        # fast_gelu; see recbole_diffusion.fast_layers)
+        use_fast_layers(self, config)
 
     # ------------------------------------------------------------------ #
     # same-target index

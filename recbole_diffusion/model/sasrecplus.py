@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_diffusion.data.dataset import TARGET_LIST_PREFIX
+from recbole_diffusion.fast_layers import use_fast_layers
 from recbole_diffusion.utils import ConfigError
 
 __all__ = ["SASRecPlus"]
@@ -64,6 +65,10 @@ class SASRecPlus(SASRec):
             )
         super().__init__(config, dataset)
         self.TARGET_SEQ = TARGET_LIST_PREFIX + self.ITEM_SEQ
+
+        # cheaper dropout masks and GELU on the CPU, same maths (fast_dropout,
+        # fast_gelu; see recbole_diffusion.fast_layers)
+        use_fast_layers(self, config)
 
     def sequence_output(self, item_seq):
         """The encoder's output at every position, [B, L, H]."""
