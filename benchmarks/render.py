@@ -124,10 +124,15 @@ def update_readme(readme, stem, summary, results_dir):
 
 
 def write_speed(results_dir=DEFAULT_RESULTS_DIR):
+    from benchmarks.report.speed_compare_page import render_speed_compare
     from benchmarks.speed import speed_raw_path
+    from benchmarks.speed_compare import compare_raw_path
 
     results_dir = Path(results_dir)
     page = render_speed(read_raw(speed_raw_path(results_dir)))
+    compare_lines = render_speed_compare(read_raw(compare_raw_path(results_dir)))
+    if compare_lines:
+        page = page.rstrip("\n") + "\n\n" + "\n".join(compare_lines) + "\n"
     path = results_dir / "speed.md"
     path.write_text(page, encoding="utf-8")
     return path
