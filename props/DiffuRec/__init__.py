@@ -1,0 +1,1 @@
+"""Property files of DiffuRec beyond its defaults (``props/DiffuRec/*.yaml``)."""
