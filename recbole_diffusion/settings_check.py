@@ -47,6 +47,7 @@ _BOOLS = (
     "detect_anomaly",
     "malloc_keep_memory",
     "fused_optimizer",
+    "fast_info_nce",
 )
 _EXAMPLES = {"epochs": 200, "train_batch_size": 256, "MAX_ITEM_LIST_LENGTH": 50}
 

@@ -485,6 +485,59 @@ def test_info_nce_matches_direct_computation():
         )
 
 
+@pytest.mark.parametrize("tau", [0.05, 0.5, 1.0])
+def test_fast_info_nce_gives_the_cross_entropy_forms_loss_and_gradients(tau):
+    """Catches the fast NT-Xent's hand-written backward pass wrong (a missing
+    transposed term, a per-row shift that breaks the symmetry it relies on,
+    the partner correction on one side only) or its loss off."""
+    torch.manual_seed(2)
+    view_a = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
+    view_b = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(3, dtype=torch.float64)
+    results = {}
+    for fast in (True, False):
+        model = make_model(tau=tau, fast_info_nce=fast).double()
+        loss = model.info_nce(view_a, view_b)
+        grads = torch.autograd.grad((loss * weights).sum(), (view_a, view_b))
+        results[fast] = (loss, grads)
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=0, atol=1e-12)
+    for fast_grad, slow_grad in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(fast_grad, slow_grad, rtol=0, atol=1e-12)
+
+
+def test_fast_nt_xent_per_token_losses_and_gradients():
+    """Catches a partner correction that assumes every token's loss has the
+    same weight (info_nce averages them, so only a per-token weight shows it)."""
+    from recbole_diffusion.model.cddrec import _NTXent
+
+    torch.manual_seed(5)
+    raw = torch.randn(2, 8, 4, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(2, 8, dtype=torch.float64)
+    tokens = F.normalize(raw, dim=-1)
+    fast = _NTXent.apply(tokens, 0.3)
+    logits = tokens @ tokens.transpose(1, 2) / 0.3
+    logits = logits.masked_fill(torch.eye(8, dtype=torch.bool), float("-inf"))
+    partner = torch.tensor([4, 5, 6, 7, 0, 1, 2, 3]).repeat(2)
+    slow = F.cross_entropy(logits.reshape(16, 8), partner, reduction="none")
+    torch.testing.assert_close(fast, slow.view(2, 8), rtol=0, atol=1e-12)
+    (fast_grad,) = torch.autograd.grad((fast * weights).sum(), raw, retain_graph=True)
+    (slow_grad,) = torch.autograd.grad((slow.view(2, 8) * weights).sum(), raw)
+    torch.testing.assert_close(fast_grad, slow_grad, rtol=0, atol=1e-12)
+
+
+def test_fast_info_nce_leaves_the_training_loss_unchanged():
+    """Catches the switch changing anything else of a training step (the same
+    draws on both sides, so the losses must agree to float rounding)."""
+    batch = make_batch()
+    losses = {}
+    for fast in (True, False):
+        model = make_model(seed=3, fast_info_nce=fast)
+        model.train()
+        torch.manual_seed(4)
+        losses[fast] = model.calculate_loss(batch)
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=1e-6)
+
+
 def test_only_real_targets_are_trained_and_steps_run_in_one_call(monkeypatch):
     model = make_model()
     batch = make_batch()
