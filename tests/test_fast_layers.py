@@ -135,6 +135,27 @@ def test_tanh_gelu_matches_the_closed_form_and_its_derivative():
         )
 
 
+def test_tanh_gelu_makes_no_denormal_floats():
+    """Catches the sigmoid form without its floor: for inputs near -9.5 its
+    gate is a denormal float32, which the backward pass then reads (slow
+    arithmetic), where torch's tanh form saturates."""
+    # the inputs whose sigmoid argument 2 sqrt(2/pi) (x + 0.044715 x^3) lies
+    # in the band around -88 where float32's sigmoid is denormal
+    grid = torch.linspace(-12, -8, 400_001, dtype=torch.float64)
+    argument = 2 * math.sqrt(2 / math.pi) * (grid + 0.044715 * grid**3)
+    band = grid[(argument > -88.7) & (argument < -87.3)]
+    assert band.numel() > 100
+    x = torch.cat([band, torch.linspace(-40, -5, 1000, dtype=torch.float64)])
+    x = x.float().requires_grad_(True)
+    y = tanh_gelu(x)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    tiny = torch.finfo(torch.float32).tiny  # smallest normal float32
+    for values in (y.detach(), grad, fast_layers._gate(x.detach())):
+        assert not ((values != 0) & (values.abs() < tiny)).any()
+    # torch's 1 + tanh(z) cancels near -5 (float32 rounding of 1e-7)
+    torch.testing.assert_close(y, F.gelu(x, approximate="tanh"), rtol=0, atol=1e-6)
+
+
 def test_written_out_attention_is_torchs_attention():
     """Catches a wrong scale, a mask applied the wrong way round, or keys and
     queries swapped in the attention path whose dropout is fast_dropout."""
