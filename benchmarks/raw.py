@@ -82,3 +82,8 @@ def latest_records(records):
             continue
         latest[(record["model"], record["seed"])] = record
     return latest
+
+
+def compare_raw_path(results_dir=DEFAULT_RESULTS_DIR):
+    """The raw file of the side-by-side step timings (``benchmarks.speed_compare``)."""
+    return Path(results_dir) / "raw" / "speed_compare.jsonl"

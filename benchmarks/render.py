@@ -124,9 +124,9 @@ def update_readme(readme, stem, summary, results_dir):
 
 
 def write_speed(results_dir=DEFAULT_RESULTS_DIR):
+    from benchmarks.raw import compare_raw_path
     from benchmarks.report.speed_compare_page import render_speed_compare
     from benchmarks.speed import speed_raw_path
-    from benchmarks.speed_compare import compare_raw_path
 
     results_dir = Path(results_dir)
     page = render_speed(read_raw(speed_raw_path(results_dir)))

@@ -37,17 +37,18 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.raw import DEFAULT_RESULTS_DIR, append_raw, now_iso  # noqa: E402
+from benchmarks.raw import (  # noqa: E402
+    DEFAULT_RESULTS_DIR,
+    append_raw,
+    compare_raw_path,
+    now_iso,
+)
 
 __all__ = ["compare", "compare_raw_path", "measure_child", "main"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = "DiffuRec,DiffuRecSys,CDDRec,ADRec,DuoRec,SASRec+"
 MATMUL_SIZE = 512
-
-
-def compare_raw_path(results_dir=DEFAULT_RESULTS_DIR):
-    return Path(results_dir) / "raw" / "speed_compare.jsonl"
 
 
 def _git(*args):

@@ -12,6 +12,7 @@ so nothing below it may import it.
 import importlib
 import importlib.util
 import pkgutil
+from contextlib import contextmanager
 
 import torch
 from recbole.utils import ModelType
@@ -43,20 +44,21 @@ class UnknownModelError(ConfigError):
     """A model name that neither the plugin nor RecBole knows."""
 
 
-def _import_model_module(name):
-    """Import a model module, leaving torch's anomaly mode as it was.
+@contextmanager
+def _anomaly_mode_kept():
+    """Leave torch's anomaly mode as it was across a model module's import.
 
     Importing ``recbole.model.sequential_recommender`` runs ``sine.py``, which
     calls ``torch.autograd.set_detect_anomaly(True)`` for the whole process:
     every backward pass then checks every gradient for NaN and every forward
     pass records a traceback per operation, which made SASRec+ and DuoRec
     train 1.8x slower (SASRec+ and DuoRec import RecBole's SASRec, so the
-    plugin's modules are imported here too). The trainers set the mode from
-    ``detect_anomaly``.
+    plugin's modules are imported under it too). The trainers set the mode
+    from ``detect_anomaly``.
     """
     anomaly = torch.is_anomaly_enabled()
     try:
-        return importlib.import_module(name)
+        yield
     finally:
         torch.autograd.set_detect_anomaly(anomaly)
 
@@ -71,12 +73,16 @@ def available_models():
     """Names of the models the run command accepts: the plugin's and RecBole's."""
     names = []
     for module_name in _plugin_model_modules():
-        module = _import_model_module(f"recbole_diffusion.model.{module_name}")
+        with _anomaly_mode_kept():
+            module = importlib.import_module(f"recbole_diffusion.model.{module_name}")
         names += _classes_named_like(module, module_name)
     for package in _RECBOLE_MODEL_PACKAGES:
         for module_name in _recbole_modules(package):
             try:
-                module = _import_model_module(f"recbole.model.{package}.{module_name}")
+                with _anomaly_mode_kept():
+                    module = importlib.import_module(
+                        f"recbole.model.{package}.{module_name}"
+                    )
             except ImportError:  # an optional library (lightgbm, xgboost) is absent
                 continue
             names += _classes_named_like(module, module_name)
@@ -110,7 +116,8 @@ def get_model(model_name):
     model_name = MODEL_ALIASES.get(model_name, model_name)
     module_name = model_name.lower()
     if module_name in _plugin_model_modules():
-        module = _import_model_module(f"recbole_diffusion.model.{module_name}")
+        with _anomaly_mode_kept():
+            module = importlib.import_module(f"recbole_diffusion.model.{module_name}")
         if hasattr(module, model_name):
             return getattr(module, model_name)
     for package in _RECBOLE_MODEL_PACKAGES:
@@ -119,7 +126,10 @@ def get_model(model_name):
         if module_name not in _recbole_modules(package):
             continue
         try:
-            module = _import_model_module(f"recbole.model.{package}.{module_name}")
+            with _anomaly_mode_kept():
+                module = importlib.import_module(
+                    f"recbole.model.{package}.{module_name}"
+                )
         except ImportError as error:
             raise ConfigError(
                 f"Model '{model_name}' needs the optional library '{error.name}': "
