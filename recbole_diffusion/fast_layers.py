@@ -8,8 +8,10 @@ Mersenne-Twister number per element (``aten::bernoulli_``): about 11 ns an
 element at one thread, 28 to 30% of a DiffuRec training step under the
 benchmarks' ``cpu`` protocol. :class:`FastDropout` draws the mask from
 numpy's SFC64 generator instead, 16 bits per element from one 64-bit draw per
-four elements, and applies it as torch's own dropout does (``x * mask / (1 -
-p)``, the gradient ``grad * mask / (1 - p)``): about 3x faster.
+four elements, compares and converts in numpy, and applies it as torch's own
+dropout does (``x * mask / (1 - p)``, the gradient ``grad * mask / (1 - p)``):
+forward and backward about 4x faster (3.3 ms against 13 ms for 1.3 million
+elements at one thread).
 
 - Reproducible under a seed: each call seeds a new SFC64 stream with one
   number drawn from torch's global generator, which RecBole's ``init_seed``
@@ -51,23 +53,36 @@ __all__ = [
 ]
 
 _LEVELS = 65536  # the mask compares 16-bit integers
-# Below this size the fixed cost of a call (seeding, a dozen small tensor
-# operations: about 0.15 ms) outweighs the cheaper draws; measured crossover
-# near 30,000 elements at one thread.
-MIN_ELEMENTS = 32768
+# Below this size the fixed cost of a call (seeding, a few small numpy and
+# tensor operations: about 0.15 ms) outweighs the cheaper draws; measured
+# crossover near 15,000 elements at one thread (forward and backward).
+MIN_ELEMENTS = 16384
 _SEED_BOUND = 2**63 - 1
 
 
-def _keep_mask(shape, drop_levels):
-    """Bool mask of ``shape``, each element False with probability
-    ``drop_levels / 65536``."""
+# numpy builds the mask: its comparison and conversion are about 10x faster
+# than torch's on int16 at one thread (0.2 ms against 1.7 ms for 1.3 million
+# elements)
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _keep_mask(shape, drop_levels, dtype):
+    """Float mask of ``shape``: 0 with probability ``drop_levels / 65536``,
+    else ``65536 / (65536 - drop_levels)`` (1 / (1 - p), p as rounded)."""
     count = 1
     for size in shape:
         count *= size
     seed = int(torch.randint(0, _SEED_BOUND, (1,), dtype=torch.int64))
     words = np.random.SFC64(seed).random_raw((count + 3) // 4)  # uint64
-    halves = torch.from_numpy(words.view(np.int16)[:count])  # uniform on int16
-    return halves.view(shape) >= drop_levels - _LEVELS // 2
+    halves = words.view(np.int16)[:count]  # uniform on int16
+    keep = halves >= drop_levels - _LEVELS // 2
+    scale = _LEVELS / (_LEVELS - drop_levels)
+    numpy_dtype = _NUMPY_FLOATS.get(dtype)
+    if numpy_dtype is None:  # half precision: torch converts
+        return torch.from_numpy(keep).view(shape).to(dtype).mul_(scale)
+    mask = keep.astype(numpy_dtype)
+    mask *= numpy_dtype(scale)
+    return torch.from_numpy(mask).view(shape)
 
 
 def fast_dropout(x, p, training=True):
@@ -84,9 +99,7 @@ def fast_dropout(x, p, training=True):
     drop_levels = round(p * _LEVELS)
     if drop_levels == 0:
         return x
-    keep = _keep_mask(x.shape, drop_levels)
-    scale = _LEVELS / (_LEVELS - drop_levels)  # 1 / (1 - rounded p)
-    mask = keep.to(x.dtype).mul_(scale)
+    mask = _keep_mask(x.shape, drop_levels, x.dtype)
     # autograd saves only the mask (it needs no gradient): backward is
     # grad * mask, as for torch's dropout
     return x * mask
@@ -111,9 +124,14 @@ _GATE_FLOOR = -60.0
 
 
 def _gate(x):
-    """``sigmoid(2z)``, ``z = sqrt(2/pi) (x + 0.044715 x^3)``, floored (see above)."""
-    argument = x * (1.0 + _CUBIC * (x * x)) * (2.0 * _SQRT_2_OVER_PI)
-    return torch.sigmoid(argument.clamp_(min=_GATE_FLOOR))
+    """``sigmoid(2z)``, ``z = sqrt(2/pi) (x + 0.044715 x^3)``, floored (see above).
+
+    One new tensor, the rest in place: each temporary of a large activation
+    costs a pass over fresh memory.
+    """
+    gate = x * x
+    gate.mul_(_CUBIC).add_(1.0).mul_(x).mul_(2.0 * _SQRT_2_OVER_PI)
+    return gate.clamp_(min=_GATE_FLOOR).sigmoid_()
 
 
 class _TanhGELUFunction(torch.autograd.Function):
@@ -129,9 +147,10 @@ class _TanhGELUFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         x, gate = ctx.saved_tensors
         # d/dx [x s(2z)] = s + x s (1 - s) 2 dz/dx, dz/dx = sqrt(2/pi) (1 + 3c x^2)
-        slope = (1.0 + 3.0 * _CUBIC * x * x) * (2.0 * _SQRT_2_OVER_PI)
-        derivative = gate + x * gate * (1.0 - gate) * slope
-        return grad_output * derivative
+        derivative = x * x
+        derivative.mul_(3.0 * _CUBIC).add_(1.0).mul_(2.0 * _SQRT_2_OVER_PI)
+        derivative.mul_(x).mul_(gate).mul_(1.0 - gate).add_(gate)
+        return derivative.mul_(grad_output)
 
 
 def tanh_gelu(x):
