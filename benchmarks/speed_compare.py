@@ -219,7 +219,17 @@ def compare(
 
     run_id = time.strftime("%Y%m%d-%H%M%S")
     new_commit = _git("rev-parse", "HEAD")
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    # results files change during a run; only code changes make it "dirty"
+    dirty = bool(
+        _git(
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!benchmarks/results",
+        )
+    )
     records = []
     with tempfile.TemporaryDirectory(prefix="speed-compare-") as folder:
         old_root = Path(folder) / "old"
