@@ -36,7 +36,13 @@ from benchmarks.raw import (
     read_raw,
 )
 
-__all__ = ["INFERENCE_STEPS", "execute_speed", "run_speed", "speed_raw_path"]
+__all__ = [
+    "INFERENCE_STEPS",
+    "execute_speed",
+    "run_speed",
+    "speed_raw_path",
+    "train_step",
+]
 
 INFERENCE_STEPS = (32, 16, 8, 4)
 REFERENCE_MODEL = "SASRec"
@@ -44,6 +50,17 @@ REFERENCE_MODEL = "SASRec"
 
 def speed_raw_path(results_dir):
     return Path(results_dir) / "raw" / "speed.jsonl"
+
+
+def train_step(model, optimizer, interaction):
+    """One training step as the trainer runs it: loss (a tuple is summed),
+    backward, optimizer step."""
+    optimizer.zero_grad()
+    loss = model.calculate_loss(interaction)
+    if isinstance(loss, tuple):
+        loss = sum(loss)
+    loss.backward()
+    optimizer.step()
 
 
 def _train_steps_per_second(model, optimizer, train_data, device, warmup, steps):
@@ -55,13 +72,7 @@ def _train_steps_per_second(model, optimizer, train_data, device, warmup, steps)
             if done == warmup:
                 sync(device)
                 start = time.perf_counter()
-            interaction = interaction.to(device)
-            optimizer.zero_grad()
-            loss = model.calculate_loss(interaction)
-            if isinstance(loss, tuple):
-                loss = sum(loss)
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, interaction.to(device))
             done += 1
             if done == warmup + steps:
                 break

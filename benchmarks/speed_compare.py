@@ -37,6 +37,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.protocol import PROJECT_ROOT  # noqa: E402
 from benchmarks.raw import (  # noqa: E402
     DEFAULT_RESULTS_DIR,
     append_raw,
@@ -46,7 +47,6 @@ from benchmarks.raw import (  # noqa: E402
 
 __all__ = ["compare", "compare_raw_path", "measure_child", "main"]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = "DiffuRec,DiffuRecSys,CDDRec,ADRec,DuoRec,SASRec+"
 MATMUL_SIZE = 512
 
@@ -106,6 +106,7 @@ def measure_child(spec):
     from torch.utils.flop_counter import FlopCounterMode
 
     import recbole_diffusion
+    from benchmarks.speed import train_step
     from recbole_diffusion.quick_start import build_pipeline
 
     try:
@@ -129,12 +130,7 @@ def measure_child(spec):
     model.train()
 
     def step(batch):
-        optimizer.zero_grad()
-        loss = model.calculate_loss(batch)
-        if isinstance(loss, tuple):
-            loss = sum(loss)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, batch)
 
     for batch in batches[: spec["warmup"]]:
         step(batch)

@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from recbole.model.layers import FeedForward
 from torch import nn
 
+from recbole_diffusion.utils import config_value
+
 __all__ = [
     "MIN_ELEMENTS",
     "FastDropout",
@@ -72,9 +74,7 @@ _NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
 def _keep_mask(shape, drop_levels, dtype):
     """Float mask of ``shape``: 0 with probability ``drop_levels / 65536``,
     else ``65536 / (65536 - drop_levels)`` (1 / (1 - p), p as rounded)."""
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     seed = int(torch.randint(0, _SEED_BOUND, (1,), dtype=torch.int64))
     words = np.random.SFC64(seed).random_raw((count + 3) // 4)  # uint64
     halves = words.view(np.int16)[:count]  # uniform on int16
@@ -202,16 +202,9 @@ def use_fast_layers(model, config):
     state dict are unchanged. Returns the number of modules changed.
     """
 
-    def switch(key):
-        try:
-            value = config[key]
-        except KeyError:
-            return True
-        return True if value is None else bool(value)
-
     changed = 0
-    fast_dropout_on = switch("fast_dropout")
-    fast_gelu_on = switch("fast_gelu")
+    fast_dropout_on = bool(config_value(config, "fast_dropout", True))
+    fast_gelu_on = bool(config_value(config, "fast_gelu", True))
     for parent in model.modules():
         for name, child in list(parent.named_children()):
             if fast_dropout_on and type(child) is nn.Dropout:

@@ -193,6 +193,22 @@ def test_every_dropout_and_tanh_gelu_is_swapped_and_the_switches_work(name):
     assert list(state) == list(model.state_dict())  # no parameter added or lost
 
 
+def _with_torch_layers(model, gelu):
+    """``model`` with torch's dropout put back (and, with ``gelu``, the
+    original GELU forms): the slow side of a comparison."""
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, FastDropout):
+                setattr(module, child_name, torch.nn.Dropout(child.p))
+            elif gelu and isinstance(child, TanhGELU):
+                setattr(module, child_name, torch.nn.GELU(approximate="tanh"))
+        if gelu and getattr(module, "intermediate_act_fn", None) is F.gelu:
+            module.intermediate_act_fn = module.gelu  # RecBole's own form
+        if hasattr(module, "fast_attention_dropout"):
+            module.fast_attention_dropout = False
+    return model
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_fast_layers_change_no_output_at_evaluation(name, monkeypatch):
     """Catches a fast layer that changes the model's function (GELU form,
@@ -200,19 +216,7 @@ def test_fast_layers_change_no_output_at_evaluation(name, monkeypatch):
     monkeypatch.setattr(fast_layers, "MIN_ELEMENTS", 0)
     fast = make_model(name, dropout=0.3)
     model_class = MODELS[name][0]
-    # the slow model: the same one with every fast layer put back
-    slow = make_model(name, dropout=0.3)
-    for module in list(slow.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, FastDropout):
-                setattr(module, child_name, torch.nn.Dropout(child.p))
-            elif isinstance(child, TanhGELU):
-                setattr(module, child_name, torch.nn.GELU(approximate="tanh"))
-    for module in slow.modules():
-        if getattr(module, "intermediate_act_fn", None) is F.gelu:
-            module.intermediate_act_fn = module.gelu  # RecBole's own form
-        if hasattr(module, "fast_attention_dropout"):
-            module.fast_attention_dropout = False
+    slow = _with_torch_layers(make_model(name, dropout=0.3), gelu=True)
     assert isinstance(fast, model_class)
     slow.load_state_dict(fast.state_dict())
     fast.eval(), slow.eval()
@@ -233,14 +237,8 @@ def test_training_with_fast_dropout_learns_like_torchs_dropout(monkeypatch):
     same weights and batch, within three standard errors."""
     monkeypatch.setattr(fast_layers, "MIN_ELEMENTS", 0)
     fast = make_model("DiffuRec", dropout=0.3)
-    slow = make_model("DiffuRec", dropout=0.3)
-    use_fast_layers(slow, {})  # the same tanh GELU form on both sides
-    for module in slow.modules():
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, FastDropout):
-                setattr(module, child_name, torch.nn.Dropout(child.p))
-        if hasattr(module, "fast_attention_dropout"):
-            module.fast_attention_dropout = False
+    # the same tanh GELU form on both sides: only the dropout differs
+    slow = _with_torch_layers(make_model("DiffuRec", dropout=0.3), gelu=False)
     slow.load_state_dict(fast.state_dict())
     batch = make_batch()
     losses = {}

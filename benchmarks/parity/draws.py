@@ -38,14 +38,20 @@ class InjectedDraws:
         self.integers = list(integers)
         self._saved = {}
 
-    def _next_normal(self, shape, dtype=None, device=None):
-        if not self.normals:
-            raise DrawMismatch(f"an extra normal draw of shape {tuple(shape)}")
-        value = self.normals.pop(0)
+    @staticmethod
+    def _next(queue, kind, shape):
+        """The next prepared draw of ``kind``, checked against ``shape``."""
+        if not queue:
+            raise DrawMismatch(f"an extra {kind} draw of shape {tuple(shape)}")
+        value = queue.pop(0)
         if tuple(value.shape) != tuple(shape):
             raise DrawMismatch(
-                f"normal draw of shape {tuple(shape)}, prepared {tuple(value.shape)}"
+                f"{kind} draw of shape {tuple(shape)}, prepared {tuple(value.shape)}"
             )
+        return value
+
+    def _next_normal(self, shape, dtype=None, device=None):
+        value = self._next(self.normals, "normal", shape)
         return value.to(dtype=dtype or value.dtype, device=device or value.device)
 
     def _randn(self, *size, **kwargs):
@@ -64,14 +70,7 @@ class InjectedDraws:
 
     def _randint(self, *args, **kwargs):
         size = kwargs.get("size", args[-1] if args else None)
-        if not self.integers:
-            raise DrawMismatch(f"an extra integer draw of shape {tuple(size)}")
-        value = self.integers.pop(0)
-        if tuple(value.shape) != tuple(size):
-            raise DrawMismatch(
-                f"integer draw of shape {tuple(size)}, prepared {tuple(value.shape)}"
-            )
-        return value.clone()
+        return self._next(self.integers, "integer", size).clone()
 
     @property
     def left(self):
