@@ -1,0 +1,348 @@
+"""Training parity's own machinery: the data it writes, the metrics it records,
+the evaluation it runs on our side, and the verdict on the page.
+
+Each test names the mistake it catches. None needs a reference checkout.
+"""
+
+import json
+import math
+import pickle
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.parity import training, training_page
+from benchmarks.parity.training_data import (
+    ReferenceData,
+    recbole_split_config,
+    write_atomic,
+)
+from benchmarks.parity.training_metrics import MetricRecorder, adrec_phase, rank_metrics
+
+
+def _data():
+    # user 1: 7 training items; user 2: 3; user 3: 2 (the shortest allowed)
+    return ReferenceData(
+        name="paritytiny",
+        train=[[5, 6, 7, 8, 9, 10, 11], [12, 5, 6], [7, 10]],
+        valid=[12, 7, 8],
+        test=[13, 8, 9],
+        n_items=14,
+        source="fake.pkl",
+    )
+
+
+# --------------------------------------------------------------------------- #
+# data: the reference's split survives RecBole's loading
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("keep_last", [None, 5])
+def test_recbole_split_gives_the_reference_targets_and_histories(tmp_path, keep_last):
+    """Catches: positions written out of order, the split not leave-one-out,
+    keep_last cutting one item too many or too few, users renumbered out of
+    the reference's order."""
+    from recbole_diffusion.quick_start import build_pipeline
+
+    data = _data()
+    write_atomic(data, tmp_path, keep_last=keep_last)
+    config = recbole_split_config()
+    config.update(
+        data_path=str(tmp_path),
+        MAX_ITEM_LIST_LENGTH=4,
+        hidden_size=8,
+        inner_size=16,
+        n_layers=1,
+        n_heads=1,
+        epochs=1,
+        show_progress=False,
+        checkpoint_dir=str(tmp_path / "saved"),
+        log_wandb=False,
+        worker=0,
+    )
+    _, dataset, train_data, valid_data, test_data, _ = build_pipeline(
+        "SASRec", data.name, config_dict=config
+    )
+    item_token = dataset.field2id_token["item_id"]
+    user_token = dataset.field2id_token["user_id"]
+
+    def rows(loader):
+        inter = loader.dataset.inter_feat
+        users = [int(user_token[u]) for u in inter["user_id"].tolist()]
+        targets = [int(item_token[i]) for i in inter["item_id"].tolist()]
+        histories = [
+            [int(item_token[i]) for i in seq[:length]]
+            for seq, length in zip(
+                inter["item_id_list"].tolist(), inter["item_length"].tolist()
+            )
+        ]
+        return users, targets, histories
+
+    for loader, targets, extra in (
+        (valid_data, data.valid, 0),
+        (test_data, data.test, 1),
+    ):
+        users, got, histories = rows(loader)
+        assert got == [targets[u - 1] for u in users]
+        for user, history in zip(users, histories):
+            full = list(data.sequences(keep_last))[user - 1]
+            expected = full[: len(full) - 2 + extra][-4:]
+            assert history == expected
+    users, targets, _ = rows(train_data)
+    for user in set(users):
+        full = list(data.sequences(keep_last))[user - 1]
+        got = [t for u, t in zip(users, targets) if u == user]
+        assert got == full[1:-2]  # every training item but the first is a target
+
+
+def test_users_without_a_validation_row_are_refused(tmp_path):
+    """Catches: a user with one training item, whom RecBole's leave-one-out
+    gives a test row but no validation row (the reference validates it)."""
+    short = ReferenceData("short", [[1, 2], [3]], [4, 5], [6, 7], 8, "f")
+    with pytest.raises(ValueError, match="user 2"):
+        write_atomic(short, tmp_path)
+
+
+def test_reference_data_refuses_mismatched_lengths():
+    """Catches: a reader that drops the users without a validation target."""
+    with pytest.raises(ValueError, match="validation"):
+        ReferenceData("x", [[1], [2]], [3], [4, 5], 6, "f")
+
+
+# --------------------------------------------------------------------------- #
+# metrics of the reference's loop
+# --------------------------------------------------------------------------- #
+def test_rank_metrics_match_closed_forms():
+    """Catches: 0- vs 1-based ranks, log base, ties counted against the target."""
+    scores = torch.tensor(
+        [
+            [0.0, 9.0, 1.0, 2.0],  # target 1: rank 0
+            [0.0, 1.0, 3.0, 2.0],  # target 1: two higher, rank 2
+            [0.0, 5.0, 5.0, 1.0],  # target 2: a tie only, rank 0
+        ]
+    )
+    got = rank_metrics(scores, torch.tensor([1, 1, 2]), ks=(1, 3))
+    assert got["hit@1"].tolist() == [1.0, 0.0, 1.0]
+    assert got["hit@3"].tolist() == [1.0, 1.0, 1.0]
+    assert got["ndcg@3"] == pytest.approx([1.0, 0.5, 1.0])  # 1 / log2(2 + 2) = 0.5
+    assert got["ndcg@1"] == pytest.approx([1.0, 0.0, 1.0])
+
+
+def test_phases_of_the_reference_progress_bars():
+    """Catches: validation bars taken for training ones (both say "Epoch")."""
+    assert adrec_phase("Epoch: 3") == ("train", 3)
+    assert adrec_phase("Denoising..., Epoch: 3") == ("valid", 3)
+    assert adrec_phase(None) == ("test", None)
+
+
+def test_recorder_builds_per_user_curves_and_the_reference_choice():
+    """Catches: a curve of batch means instead of user means, test batches
+    mixed into validation, the best epoch chosen by NDCG@10 alone."""
+    recorder = MetricRecorder()
+
+    def fake_tqdm(iterable=None, *args, **kwargs):
+        assert kwargs["disable"] is True  # no progress bar in the log
+        return iterable
+
+    bar = recorder.progress(fake_tqdm)
+    metric = recorder.wrap_metrics(
+        lambda scores, labels, ks: {"NDCG@10": float(scores[0, 0])}
+    )
+    top, miss = torch.tensor([[0.0, 1.0, 0.5]]), torch.tensor([[0.0, 0.0, 1.0]])
+    targets = torch.tensor([[1]])
+    bar([], desc="Epoch: 0")
+    bar([], desc="Denoising..., Epoch: 1")
+    metric(top, targets, [10])  # user at rank 0
+    metric(miss.repeat(3, 1), targets.repeat(3, 1), [10])  # 3 users, rank 1
+    bar([], desc="Denoising..., Epoch: 2")
+    metric(miss, targets, [10])
+    bar([])  # test
+    metric(top, targets, [10])
+    result = recorder.result(epochs=3)
+    expected = (1.0 + 3 / math.log2(3)) / 4  # per user, not (1 + 1/log2 3) / 2
+    assert result["valid_curve"][0] == [1, pytest.approx(expected, abs=1e-6)]
+    assert result["valid_curve"][1] == [2, pytest.approx(1 / math.log2(3), abs=1e-6)]
+    assert result["test"]["ndcg@10"] == pytest.approx(1.0)
+    # its own value is the first score: epoch 1 mean of (0.0, 0.0); epoch 2
+    # 0.0 again -> no metric improved after epoch 1? 0 > 0 is false, so None
+    assert result["best_epoch"] is None
+
+
+def test_recorder_best_epoch_is_the_last_improvement_of_any_metric():
+    """Catches: keeping the first best epoch, or only NDCG@10's."""
+    recorder = MetricRecorder()
+    values = {1: {"A": 0.1, "B": 0.5}, 2: {"A": 0.2, "B": 0.1}, 3: {"A": 0.1, "B": 0.1}}
+    for epoch, reported in values.items():
+        recorder.enter(("valid", epoch))
+        recorder.record(torch.zeros(1, 2), torch.tensor([1]), reported)
+    assert recorder.best_epoch_any_metric() == 2  # A improved at 2, nothing at 3
+
+
+# --------------------------------------------------------------------------- #
+# our side
+# --------------------------------------------------------------------------- #
+def test_reference_embedding_is_reordered_to_recbole_ids(tmp_path):
+    """Catches: the reference's rows used in RecBole's order (wrong items)."""
+    reference = torch.arange(6 * 2, dtype=torch.float32).view(6, 2)
+    torch.save({"item_embedding.weight": reference}, tmp_path / "pretrain.pth")
+    dataset = types.SimpleNamespace(
+        field2id_token={"item_id": np.array(["[PAD]", "4", "1", "5"])}
+    )
+    path = training._reordered_embedding(
+        tmp_path / "pretrain.pth", dataset, "item_id", tmp_path / "out" / "e.pt"
+    )
+    got = torch.load(path, weights_only=True)
+    assert torch.equal(got, reference[[0, 4, 1, 5]])
+
+
+def test_recbole_sequential_evaluation_masks_no_history(tiny_config):
+    """Catches: the page's claim that both sides rank the history turning
+    false (a RecBole change, or a setting that makes it mask the history)."""
+    from recbole_diffusion.quick_start import build_pipeline
+
+    _, _, _, _, test_data, _ = build_pipeline(
+        "SASRec", "tiny", config_dict={**tiny_config, "n_layers": 1, "n_heads": 1}
+    )
+    for _, history_index, _, _ in test_data:
+        assert history_index is None
+
+
+def test_rerun_skips_recorded_runs(tmp_path, monkeypatch):
+    """Catches: an interrupted comparison rerunning (and recording) finished runs."""
+    calls = []
+    fake = types.SimpleNamespace(
+        SETTINGS={"ADRec": {"epochs": 1}},
+        KEEP_LAST={"ADRec": None},
+        PROTOCOL={"ADRec": ["note"]},
+        load_data=lambda model, ref: _data(),
+        run_reference=lambda model, ref, settings, seed, work, log: (
+            calls.append(seed)
+            or {
+                "valid_curve": [[0, 0.1]],
+                "test": {"ndcg@10": 0.1},
+                "train_seconds": 1.0,
+            }
+        ),
+    )
+    monkeypatch.setattr(training, "recipe", lambda model: fake)
+    raw = tmp_path / "parity.jsonl"
+    kwargs = dict(sides=["reference"], work_dir=tmp_path / "w", raw_path=raw)
+    training.run_training_parity("ADRec", tmp_path, seeds=[1, 2], **kwargs)
+    training.run_training_parity("ADRec", tmp_path, seeds=[1, 2, 3], **kwargs)
+    assert calls == [1, 2, 3]
+    records = [json.loads(line) for line in raw.read_text().splitlines()]
+    assert [r["seed"] for r in records] == [1, 2, 3]
+    assert {r["kind"] for r in records} == {"training"}
+    # a changed budget is a new comparison
+    fake.SETTINGS["ADRec"]["epochs"] = 2
+    training.run_training_parity("ADRec", tmp_path, seeds=[1], **kwargs)
+    assert calls == [1, 2, 3, 1]
+
+
+def test_variant_options_are_parsed_and_checked(tmp_path, monkeypatch):
+    """Catches: "--set x=true" kept as the string "true", and a misspelt
+    setting silently ignored by a variant run."""
+    assert training.parse_options(["linear_infonce=true", "T=4", "tau=0.5"]) == {
+        "linear_infonce": True,
+        "T": 4,
+        "tau": 0.5,
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        training.parse_options(["linear_infonce"])
+    fake = types.SimpleNamespace(SETTINGS={"ADRec": {"epochs": 1}}, OPTIONS=("switch",))
+    monkeypatch.setattr(training, "recipe", lambda model: fake)
+    with pytest.raises(ValueError, match="epohcs"):
+        training.run_training_parity(
+            "ADRec",
+            tmp_path,
+            variant="v",
+            options={"epohcs": 2},
+            raw_path=tmp_path / "r",
+        )
+
+
+def test_our_overrides_name_real_settings():
+    """Catches: a misspelt key in the ADRec recipe, silently ignored by RecBole."""
+    import yaml
+
+    from benchmarks.parity import train_adrec
+    from recbole_diffusion.config import props_dir
+
+    known = {}
+    for name in ("overall.yaml", "ADRec.yaml"):
+        with open(f"{props_dir()}/{name}", encoding="utf-8") as handle:
+            known.update(yaml.safe_load(handle))
+    overrides = train_adrec.our_overrides("ADRec", train_adrec.SETTINGS["ADRec"])
+    assert set(overrides) - set(known) == set()
+
+
+def test_adrec_data_reader(tmp_path):
+    """Catches: validation/test targets read as lists, or users dropped."""
+    from benchmarks.parity import train_adrec
+
+    folder = tmp_path / "datasets" / "data" / "ml-100k"
+    folder.mkdir(parents=True)
+    raw = {"train": [[1, 2, 3], [4, 5]], "val": [[4], [6]], "test": [[5], [1]]}
+    (folder / "dataset.pkl").write_bytes(pickle.dumps(raw))
+    data = train_adrec.load_data("ADRec", tmp_path)
+    assert data.train == [[1, 2, 3], [4, 5]]
+    assert data.valid == [4, 6] and data.test == [5, 1]
+    assert list(data.sequences(3)) == [[3, 4, 5], [5, 6, 1]]
+
+
+# --------------------------------------------------------------------------- #
+# the page's verdict
+# --------------------------------------------------------------------------- #
+def test_within_noise_rules():
+    """Catches: a verdict that ignores the spread, or passes any gap."""
+    assert training_page.within_noise([0.105, 0.095], [0.1, 0.1])[0] is True  # 0%
+    assert training_page.within_noise([0.12, 0.12], [0.1, 0.1])[0] is False  # 20%, sd 0
+    # 20% apart but noisy: pooled sd 0.0141, gap 0.02 < 2 sd
+    assert training_page.within_noise([0.13, 0.11], [0.11, 0.09])[0] is True
+    assert training_page.within_noise([0.2], [0.1])[0] is False  # one seed: no sd
+    # noisy but far apart: gap 0.1 is 7 pooled sd (0.0141)
+    assert training_page.within_noise([0.20, 0.22], [0.10, 0.12])[0] is False
+
+
+def test_page_shows_both_sides_and_the_ratio(tmp_path):
+    """Catches: sides swapped in the ratio, or runs of an older budget mixed in."""
+
+    def run(side, seed, ndcg, fingerprint="new", finished="2026-12-07T06"):
+        return {
+            "kind": "training",
+            "model": "ADRec",
+            "side": side,
+            "seed": seed,
+            "fingerprint": fingerprint,
+            "finished_at": finished,
+            "settings": {"epochs": 3},
+            "data": {"source": "d.pkl", "users": 3, "items": 9, "interactions": 20},
+            "protocol": ["a note"],
+            "valid_curve": [[0, ndcg / 2], [1, ndcg]],
+            "test": {
+                "ndcg@10": ndcg,
+                "hit@10": 2 * ndcg,
+                "ndcg@20": ndcg,
+                "hit@20": ndcg,
+            },
+            "train_seconds": 10.0,
+            "epochs_trained": 2,
+            "best_epoch": 1,
+        }
+
+    variant = run("reference", 1, 0.07, fingerprint="v", finished="2026-12-08")
+    variant.update(variant="linear", options={"linear_infonce": True})
+    records = [
+        variant,
+        run("ours", 1, 0.9, fingerprint="old", finished="2026-12-01"),
+        run("reference", 1, 0.10),
+        run("reference", 2, 0.10),
+        run("ours", 1, 0.05),
+        run("ours", 2, 0.05),
+    ]
+    text = "\n".join(training_page.training_section(records, "ADRec", tmp_path))
+    assert "| ndcg@10 | 0.1000 ± 0.0000 | 0.0500 ± 0.0000 | 0.500 | **no**" in text
+    assert "0.9000" not in text
+    # the newer variant run is listed beside seed 1's main run, not instead of it
+    assert "| linear | linear_infonce: True | reference | 1 | 0.0700 | 0.1000 |" in text
+    assert (tmp_path / "parity.ADRec.curves.png").stat().st_size > 0
