@@ -1,7 +1,7 @@
 """Training parity of ADRec: the reference code and ours on the reference's ml-100k.
 
 Both sides train on the ml-100k file of the ADRec repository
-(``datasets/data/ml-100k/dataset.pkl``: 938 users, 1,007 items, leave-one-out)
+(``datasets/data/ml-100k/dataset.pkl``: 938 users, 1,008 items, leave-one-out)
 with the same sizes and budget, from the same stage-1 item embedding (the
 repository's ``src/saved/pretrain/ml-100k/pretrain.pth``, which its ``adrec``
 model loads): 5 warm-up epochs with the embedding frozen, then joint epochs,
@@ -96,10 +96,10 @@ PROTOCOL = {
         "both start from the repository's stage-1 embedding "
         "(src/saved/pretrain/ml-100k/pretrain.pth), rows reordered to RecBole's "
         "item ids for ours",
-        "keeping each user's last 23 items leaves 1,002 of the 1,007 items in "
-        "our data (5 appear only earlier in a history, where the reference "
+        "keeping each user's last 23 items leaves 1,002 of the 1,008 items in "
+        "our data (6 appear only earlier in a history, where the reference "
         "never trains on them either); RecBole ranks those 1,002, the "
-        "reference all 1,008 ids",
+        "reference all 1,009 ids (padding included)",
         "run-time patches: device cpu; `torch.load` of that embedding with "
         "weights_only=True (the reference passes False); `einops`/`torchtune` "
         "stubs (unused on this path); its progress bars silenced and its "
@@ -118,7 +118,7 @@ def load_data(model, reference_dir):
         train=[list(map(int, items)) for items in raw["train"]],
         valid=[int(items[0]) for items in raw["val"]],
         test=[int(items[0]) for items in raw["test"]],
-        n_items=1008,  # trainer.item_num_create's value for ml-100k
+        n_items=1009,  # ids 0 .. 1008: item_num_create's 1008 items + padding
         source=str(DATA_FILE),
     )
 
