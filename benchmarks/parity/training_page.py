@@ -182,9 +182,16 @@ def training_section(records, model, page_dir=None):
             f"Training parity ({command}): not yet measured.",
             "",
         ]
-    first = runs[0]
+    first = max(runs, key=lambda r: r.get("finished_at", ""))
     data = first["data"]
     settings = ", ".join(f"{k} {v}" for k, v in first["settings"].items())
+    notes = first.get("protocol", [])
+    try:  # the recipe's notes as the code now states them
+        from benchmarks.parity.training import recipe
+
+        notes = recipe(model).PROTOCOL[model]
+    except (ImportError, KeyError, ValueError):
+        pass
     lines = [
         f"### Training parity ({command})",
         "",
@@ -201,7 +208,7 @@ def training_section(records, model, page_dir=None):
         "epoch, no early stopping.",
         "- How the two differ in evaluation and training:",
     ]
-    lines += [f"  - {note}" for note in first.get("protocol", [])]
+    lines += [f"  - {note}" for note in notes]
     lines += [
         "",
         "| side | seed | test NDCG@10 | test HR@10 | test NDCG@20 | test HR@20 | "
