@@ -8,6 +8,7 @@ import json
 import math
 import pickle
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -346,3 +347,206 @@ def test_page_shows_both_sides_and_the_ratio(tmp_path):
     # the newer variant run is listed beside seed 1's main run, not instead of it
     assert "| linear | linear_infonce: True | reference | 1 | 0.0700 | 0.1000 |" in text
     assert (tmp_path / "parity.ADRec.curves.png").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- #
+# review additions: our side end to end, the run loop, boundaries, mappings
+# --------------------------------------------------------------------------- #
+def test_rank_metrics_boundary_at_k():
+    """Catches: ``rank <= k`` (k items above the target still a hit)."""
+    scores = torch.tensor([[0.0, 5.0, 4.0, 3.0, 2.0], [0.0, 5.0, 4.0, 3.0, 2.0]])
+    got = rank_metrics(scores, torch.tensor([4, 3]), ks=(3,))  # ranks 3 and 2
+    assert got["hit@3"].tolist() == [0.0, 1.0]
+    assert got["ndcg@3"] == pytest.approx([0.0, 1 / math.log2(4)])
+
+
+def test_our_side_runs_the_whole_budget_and_reports_the_tested_epoch(
+    tiny_data_path, tmp_path
+):
+    """Catches: epochs numbered from 1, early stopping left on, the curve
+    chosen by the wrong extreme, @5 metrics or decimals lost, seed ignored."""
+    settings = {"epochs": 3}
+    fake = types.SimpleNamespace(
+        our_overrides=lambda model, s: {
+            "epochs": s["epochs"],
+            "hidden_size": 8,
+            "inner_size": 16,
+            "n_layers": 1,
+            "n_heads": 1,
+            "MAX_ITEM_LIST_LENGTH": 10,
+            "train_batch_size": 32,
+        }
+    )
+    original = training.recipe
+    training.recipe = lambda model: fake
+    try:
+        config = training.our_config(
+            "SASRec", settings, "tiny", tiny_data_path, 7, tmp_path / "ckpt"
+        )
+    finally:
+        training.recipe = original
+    assert config["seed"] == 7 and config["stopping_step"] > 3
+    assert config["valid_metric"] == "NDCG@10" and config["topk"] == [5, 10, 20]
+    config.pop("load_col")  # the tiny file's own columns
+    config.pop("filter_inter_by_user_or_item")
+    result = training._ours_child(
+        {"model": "SASRec", "dataset": "tiny", "config": config}
+    )
+    epochs = [epoch for epoch, _ in result["valid_curve"]]
+    assert epochs == [0, 1, 2] and result["epochs_trained"] == 3
+    scores = [score for _, score in result["valid_curve"]]
+    best = max(range(3), key=lambda i: (scores[i], i))  # the last of tied maxima
+    assert result["best_epoch"] == best
+    assert {"hit@5", "ndcg@5", "ndcg@10", "hit@20"} <= set(result["test"])
+    assert any(round(v, 4) != v for v in scores + list(result["test"].values()))
+
+
+def test_run_loop_writes_the_kept_items_and_labels_variants(tmp_path, monkeypatch):
+    """Catches: keep_last not applied to our data, the record's data counts
+    wrong, a variant writing over the main run's folder, the options not
+    reaching the run, a variant that repeats the defaults taken for the main run."""
+    seen = []
+
+    def fake_child(module, spec, run_dir, log_path):
+        seen.append((spec, Path(run_dir), Path(log_path)))
+        return {"valid_curve": [[0, 0.1]], "test": {"ndcg@10": 0.1}, "train_seconds": 1}
+
+    fake = types.SimpleNamespace(
+        SETTINGS={"ADRec": {"epochs": 1}},
+        KEEP_LAST={"ADRec": 4},
+        OPTIONS=("switch",),
+        PROTOCOL={"ADRec": []},
+        load_data=lambda model, ref: _data(),
+        our_overrides=lambda model, s: {
+            "epochs": s["epochs"],
+            "switch_seen": s.get("switch"),
+        },
+    )
+    monkeypatch.setattr(training, "recipe", lambda model: fake)
+    monkeypatch.setattr(training, "run_child", fake_child)
+    raw = tmp_path / "raw.jsonl"
+    kwargs = dict(sides=["ours"], work_dir=tmp_path / "w", raw_path=raw, seeds=[1])
+    (record,) = training.run_training_parity("ADRec", tmp_path, **kwargs)
+    spec, run_dir, _ = seen[0]
+    inter = Path(spec["config"]["data_path"]) / "paritytiny" / "paritytiny.inter"
+    rows = inter.read_text().splitlines()[1:]
+    per_user = {}
+    for row in rows:
+        per_user.setdefault(row.split("\t")[0], []).append(int(row.split("\t")[1]))
+    assert per_user["1"] == [10, 11, 12, 13] and per_user["2"] == [5, 6, 7, 8]
+    assert record["data"]["items"] == 13 and record["data"]["keep_last"] == 4
+    # a variant with the default value: its own runs, folder and fingerprint
+    (same,) = training.run_training_parity(
+        "ADRec", tmp_path, variant="same", options={"epochs": 1}, **kwargs
+    )
+    assert same["variant"] == "same" and len(seen) == 2
+    (switched,) = training.run_training_parity(
+        "ADRec", tmp_path, variant="on", options={"switch": True}, **kwargs
+    )
+    spec, run_dir, log_path = seen[2]
+    assert "on-" in run_dir.name and "on-" in log_path.name
+    assert spec["config"]["switch_seen"] is True
+    assert switched["fingerprint"] != record["fingerprint"]
+
+
+def test_within_noise_edges():
+    """Catches: the gap divided by our mean, the pooled sd without its /2,
+    and identical zero means called different."""
+    assert training_page.within_noise([0.0905] * 2, [0.1] * 2)[0] is True  # 9.5% of ref
+    # 2.5 pooled sd apart (sd 0.01 both): no; the /2-less pooled sd says 1.8
+    assert (
+        training_page.within_noise([0.115, 0.125, 0.135], [0.09, 0.10, 0.11])[0]
+        is False
+    )
+    assert training_page.within_noise([0.0, 0.0], [0.0, 0.0])[0] is True
+
+
+def test_adrec_overrides_map_each_setting():
+    """Catches: a recipe key fed from the wrong setting (names alone pass)."""
+    from benchmarks.parity import train_adrec
+
+    settings = {
+        "max_len": 21,
+        "hidden_size": 40,
+        "batch_size": 33,
+        "dropout": 0.11,
+        "emb_dropout": 0.37,
+        "dif_blocks": 3,
+        "diffusion_steps": 17,
+        "lambda_uncertainty": 0.0013,
+        "noise_schedule": "cosine",
+        "lr": 0.0021,
+        "weight_decay": 3e-5,
+        "warmup_epochs": 5,
+        "joint_epochs": 9,
+    }
+    assert train_adrec.our_overrides("ADRec", settings) == {
+        "MAX_ITEM_LIST_LENGTH": 21,
+        "hidden_size": 40,
+        "inner_size": 160,
+        "train_batch_size": 33,
+        "hidden_dropout_prob": 0.11,
+        "attn_dropout_prob": 0.11,
+        "emb_dropout_prob": 0.37,
+        "adm_layers": 3,
+        "diffusion_steps": 17,
+        "lambda_scale": 0.0013,
+        "noise_schedule": "cosine",
+        "learning_rate": 0.0021,
+        "weight_decay": 3e-5,
+        "hidden_act": "gelu_tanh",
+        "pretrain_epochs": 0,
+        "warmup_epochs": 5,
+        "epochs": 9,
+        "lr_scheduler": "none",
+        "train_windows": "last",
+    }
+    assert (
+        train_adrec.KEEP_LAST["ADRec"] == train_adrec.SETTINGS["ADRec"]["max_len"] + 3
+    )
+
+
+def test_cddrec_and_diffurec_overrides_map_each_setting():
+    """Catches: CDDRec's beta ends, temperature or dropouts swapped, DiffuRec's
+    lambda, dropouts or step decay fed from the wrong setting."""
+    from benchmarks.parity import train_cddrec, train_diffurec
+
+    cdd = dict(train_cddrec.SETTINGS["CDDRec"])
+    cdd.update(
+        beta_1=1.1e-4,
+        beta_T=3.3e-3,
+        temperature=0.41,
+        cl_weight=0.3,
+        attention_probs_dropout_prob=0.23,
+        hidden_dropout_prob=0.07,
+        num_attention_heads=2,
+        hidden_size=48,
+        T=3,
+    )
+    got = train_cddrec.our_overrides("CDDRec", cdd)
+    assert (got["beta_start"], got["beta_end"], got["tau"]) == (1.1e-4, 3.3e-3, 0.41)
+    assert (got["attn_dropout_prob"], got["decoder_dropout_prob"]) == (0.23, 0.23)
+    assert got["hidden_dropout_prob"] == 0.07 and got["n_heads"] == 2
+    assert got["inner_size"] == 192 and got["diffusion_steps"] == 3
+
+    diffu = dict(train_diffurec.SETTINGS["DiffuRec"])
+    diffu.update(
+        dropout=0.12,
+        emb_dropout=0.34,
+        lambda_uncertainty=0.002,
+        gamma=0.2,
+        decay_step=2,
+        epochs=5,
+        weight_decay=1e-4,
+        num_blocks=3,
+    )
+    got = train_diffurec.our_overrides("DiffuRec", diffu)
+    assert (got["hidden_dropout_prob"], got["attn_dropout_prob"]) == (0.12, 0.12)
+    assert got["emb_dropout_prob"] == 0.34 and got["lambda_uncertainty"] == 0.002
+    assert (got["lr_scheduler"], got["lr_milestones"], got["lr_gamma"]) == (
+        "step",
+        [2, 4],
+        0.2,
+    )
+    assert got["weight_decay"] == 1e-4 and got["n_layers"] == 3
+    assert got["inference_steps"] is None and got["offset_noise"] == 0.0

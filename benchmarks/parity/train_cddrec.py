@@ -136,7 +136,7 @@ PROTOCOL = {
         "ours scores mu. Both rank by cosine similarity",
         "its decoder (a stock nn.TransformerDecoderLayer, batch_first off, on "
         "[B L H]) attends over the batch axis, so a user's scores depend on the "
-        "127 other users of its evaluation batch (file order); ours attends "
+        "other users of its evaluation batch (31 at batch 32, in file order); ours attends "
         "causally over the user's own positions (Eq. 3). Its decoder's "
         "LayerNorm epsilon is 1e-5 and its fused q/k/v projection keeps "
         "Xavier-uniform init; ours uses 1e-12 (one key for encoder and "

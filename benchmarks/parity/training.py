@@ -8,9 +8,11 @@ For each seed, the reference code trains on its own data in a child process
 on the same data, converted to RecBole atomic files with the same
 leave-one-out split (:mod:`benchmarks.parity.training_data`), with the same
 hyperparameters and the same epoch budget, validating after every epoch and
-never stopping early. Both rank every item, the user's history included
-(RecBole masks no history item for sequential models, nor do the
-references of DiffuRec, DiffuRecSys and ADRec). Each run appends a record (``kind:
+never stopping early (the ADRec reference skips its validation after epoch
+0). Ours ranks every item but the padding id, the user's history included
+(RecBole masks no history item for sequential models), as the references of
+DiffuRec, DiffuRecSys and ADRec do; the CDDRec reference sets the scores of
+the history to 0 by default (its recipe can switch that off). Each run appends a record (``kind:
 training``, ``side``, ``seed``, ``valid_curve``, ``test``) to
 ``benchmarks/results/raw/parity.jsonl``; a rerun skips the runs the file
 already holds for the same settings, so an interrupted comparison continues.
@@ -86,7 +88,7 @@ def parse_options(pairs):
     return options
 
 
-def existing_runs(raw_path, model, fingerprint):
+def existing_runs(raw_path, model, fingerprint, variant=None):
     """``{(side, seed)}`` of the training records already in ``raw_path``."""
     path = Path(raw_path)
     if not path.is_file():
@@ -100,6 +102,7 @@ def existing_runs(raw_path, model, fingerprint):
             record.get("kind") == "training"
             and record.get("model") == model
             and record.get("fingerprint") == fingerprint
+            and record.get("variant") == variant
         ):
             done.add((record["side"], record["seed"]))
     return done
@@ -121,6 +124,7 @@ def our_config(model, settings, data_name, data_path, seed, checkpoint_dir):
             "metrics": ["Hit", "NDCG"],
             "topk": [5, 10, 20],
             "valid_metric": "NDCG@10",
+            "metric_decimal_place": 6,  # RecBole rounds to 4 by default
             "checkpoint_dir": str(checkpoint_dir),
             "show_progress": False,
             "log_wandb": False,
@@ -198,10 +202,9 @@ def _ours_child(spec):
     trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     wall = time.perf_counter() - start
     test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
-    best_epoch = None
-    best = max(trainer.parity_valid_curve or [], key=lambda e: e[1], default=None)
-    if best is not None:
-        best_epoch = best[0]
+    # RecBole keeps a later epoch on a tie (it saves on >=): the last maximum
+    curve = trainer.parity_valid_curve or []
+    best_epoch = max(reversed(curve), key=lambda e: e[1])[0] if curve else None
     return {
         "valid_curve": trainer.parity_valid_curve or [],
         "test": {str(k): round(float(v), 6) for k, v in test.items()},
@@ -241,7 +244,7 @@ def run_training_parity(
         )
     settings.update(options or {})
     fingerprint = settings_fingerprint(model, settings)
-    done = existing_runs(raw_path, model, fingerprint)
+    done = existing_runs(raw_path, model, fingerprint, variant)
     reference_dir = Path(reference_dir)
     data = module.load_data(model, reference_dir)
     work = Path(work_dir) / model

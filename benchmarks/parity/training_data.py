@@ -61,6 +61,11 @@ def write_atomic(data, folder, keep_last=None):
             leave-one-out would give that user a test row but no validation
             row, so the two sides would validate different users.
     """
+    if keep_last is not None and keep_last < 4:
+        raise ValueError(
+            f"keep_last={keep_last}: keep at least 4 items (2 training items and "
+            "the 2 targets) so that RecBole validates every user."
+        )
     for user, items in enumerate(data.train, start=1):
         if len(items) < 2:
             raise ValueError(

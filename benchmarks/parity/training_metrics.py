@@ -2,10 +2,11 @@
 
 The reference codes print only their best validation scores. To draw their
 learning curve, their loop runs unchanged in a child process in which
-:class:`MetricRecorder` wraps two names of their trainer module: the progress
-bar (whose description tells the phase: training, validation after epoch N,
-test) and the metric function (whose inputs, the scores and the targets, are
-recorded; its own return value is passed on untouched). The recorded scores
+:class:`MetricRecorder` learns the phase (training, validation after epoch N,
+test) from a wrapper the recipe puts around the loop (ADRec: its progress
+bar, whose description names the phase; DiffuRec and DiffuRecSys: their data
+loaders) and wraps the metric function (whose inputs, the scores and the
+targets, are recorded; its own return value is passed on untouched). The recorded scores
 give per-user metrics by :func:`rank_metrics`, the way RecBole averages them.
 """
 

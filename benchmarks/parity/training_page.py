@@ -57,7 +57,7 @@ def within_noise(ours, reference):
     if ours_mean is None or ref_mean is None:
         return None, "one side has no run"
     gap = abs(ours_mean - ref_mean)
-    relative = gap / ref_mean if ref_mean else math.inf
+    relative = gap / ref_mean if ref_mean else (0.0 if gap == 0 else math.inf)
     if relative <= RELATIVE_TOLERANCE:
         return True, f"{relative:.1%} apart (within {RELATIVE_TOLERANCE:.0%})"
     if ours_sd is not None and ref_sd is not None:
