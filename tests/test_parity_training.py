@@ -346,6 +346,7 @@ def test_page_shows_both_sides_and_the_ratio(tmp_path):
     assert "0.9000" not in text
     # the newer variant run is listed beside seed 1's main run, not instead of it
     assert "| linear | linear_infonce: True | reference | 1 | 0.0700 | 0.1000 |" in text
+    assert "- linear, reference, seed 1 (from epoch 0): 0.0350, 0.0700" in text
     assert (tmp_path / "parity.ADRec.curves.png").stat().st_size > 0
 
 

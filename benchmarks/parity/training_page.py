@@ -167,6 +167,14 @@ def _variant_lines(records, model, main_runs):
             f"{run['test']['ndcg@10']:.4f} | {base_test} | {last_valid(run)} | "
             f"{last_valid(base)} |"
         )
+    lines += ["", "Their validation NDCG@10 after each epoch:", ""]
+    for run in variants:
+        curve = ", ".join(f"{value:.4f}" for _, value in run.get("valid_curve") or [])
+        first = (run.get("valid_curve") or [[None]])[0][0]
+        lines.append(
+            f"- {run['variant']}, {run['side']}, seed {run['seed']} "
+            f"(from epoch {first}): {curve or '–'}"
+        )
     return lines
 
 
