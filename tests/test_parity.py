@@ -192,7 +192,10 @@ def test_render_page_from_fixed_records():
     for model, reference in REFERENCES.items():
         assert reference.commit in page
         assert f"git -C /tmp/refs/{model} checkout {reference.commit}" in page
-    assert page.count("Training parity") == len(REFERENCES)
+    assert page.count("Training parity (`python -m benchmarks.parity.training") == len(
+        REFERENCES
+    )
+    assert page.count("): not yet measured.") == len(REFERENCES)  # no training records
     assert "Equivalence: not yet measured." in page  # CDDRec, ADRec have no records
 
 
