@@ -347,6 +347,11 @@ def test_page_shows_both_sides_and_the_ratio(tmp_path):
     # the newer variant run is listed beside seed 1's main run, not instead of it
     assert "| linear | linear_infonce: True | reference | 1 | 0.0700 | 0.1000 |" in text
     assert "- linear, reference, seed 1 (from epoch 0): 0.0350, 0.0700" in text
+    summary = "\n".join(training_page.training_summary(records))
+    assert (
+        "| ADRec | `d.pkl` | 2 | 0.1000 ± 0.0000 (2) | 0.0500 ± 0.0000 (2) | 0.500 | **no**"
+        in summary
+    )
     assert (tmp_path / "parity.ADRec.curves.png").stat().st_size > 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from benchmarks.parity.compare import TARGET
 from benchmarks.parity.reference import REFERENCES, checkout_command
-from benchmarks.parity.training_page import training_section
+from benchmarks.parity.training_page import training_section, training_summary
 
 __all__ = ["DEFAULT_PAGE", "FINDINGS", "latest_runs", "load_records", "main", "render"]
 
@@ -137,10 +137,12 @@ def render(records, page_dir=None):
         "",
         "Training parity: ours and the reference code trained on the "
         "reference's own data with the same hyperparameters and epoch budget, "
-        "validated after every epoch, at least 2 seeds a side, both evaluated "
-        "with every item ranked (RecBole masks no history for sequential models). The "
-        "means agree within noise when they are within 10% of each other or "
-        "within 2 pooled standard deviations.",
+        "validated after every epoch, at least 2 seeds a side. Ours ranks "
+        "every item, the user's history included (RecBole masks no history "
+        "for sequential models); where a reference masks it, the model's "
+        "notes say so and give its effect. The means agree within noise when "
+        "they are within 10% of each other or within 2 pooled standard "
+        "deviations.",
         "",
     ]
     summary = [
@@ -160,7 +162,7 @@ def render(records, page_dir=None):
             if run
             else f"| {model} | not yet measured | | | |"
         )
-    lines += summary + [""]
+    lines += summary + [""] + training_summary(records)
     for model in REFERENCES:
         lines += _model_section(model, runs.get(model, []), records, page_dir)
     return "\n".join(lines).rstrip() + "\n"

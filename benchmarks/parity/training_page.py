@@ -18,6 +18,7 @@ __all__ = [
     "latest_comparison",
     "summarise",
     "training_section",
+    "training_summary",
     "within_noise",
     "write_curves",
 ]
@@ -176,6 +177,44 @@ def _variant_lines(records, model, main_runs):
             f"(from epoch {first}): {curve or '–'}"
         )
     return lines
+
+
+def training_summary(records, models=None):
+    """One row per model: test NDCG@10 of both sides, the ratio, the verdict."""
+    models = models or sorted(
+        {r["model"] for r in records if r.get("kind") == "training"}
+    )
+    rows = []
+    for model in models:
+        runs = latest_comparison(records, model)
+        if not runs:
+            continue
+        summary = summarise(runs)
+        ref_mean, ref_sd, ref_n = summary["reference"]["ndcg@10"]
+        our_mean, our_sd, our_n = summary["ours"]["ndcg@10"]
+        verdict, reason = within_noise(
+            [r["test"]["ndcg@10"] for r in runs if r["side"] == "ours"],
+            [r["test"]["ndcg@10"] for r in runs if r["side"] == "reference"],
+        )
+        ratio = (
+            f"{our_mean / ref_mean:.3f}" if ref_mean and our_mean is not None else "–"
+        )
+        epochs = max((r.get("epochs_trained") or 0) for r in runs)
+        word = {True: "yes", False: "**no**", None: "–"}[verdict]
+        rows.append(
+            f"| {model} | `{runs[0]['data']['source']}` | {epochs} | "
+            f"{_fmt(ref_mean, ref_sd)} ({ref_n}) | {_fmt(our_mean, our_sd)} ({our_n}) | "
+            f"{ratio} | {word}: {reason} |"
+        )
+    if not rows:
+        return []
+    return [
+        "| model | reference's data | epochs | reference test NDCG@10 (seeds) | "
+        "ours (seeds) | ours / reference | within noise |",
+        "|---|---|---:|---:|---:|---:|---|",
+        *rows,
+        "",
+    ]
 
 
 def training_section(records, model, page_dir=None):
