@@ -120,21 +120,23 @@ def test_defaults_are_the_papers():
 
 
 @pytest.mark.parametrize(
-    "model, dataset, steps, length",
+    "model, dataset, steps, beta_end, length",
     [
-        ("CDDRec", "amazon-beauty", 30, 20),
-        ("CDDRec", "amazon-toys", 25, 20),
-        ("CDDRec", "ml-1m", 20, 50),
-        ("CDDRec-beauty", "tiny", 30, 20),
-        ("CDDRec-toys", "tiny", 25, 20),
+        ("CDDRec", "amazon-beauty", 30, 0.1, 20),
+        ("CDDRec", "amazon-toys", 25, 0.002, 20),
+        ("CDDRec", "ml-1m", 20, 0.002, 50),
+        ("CDDRec-beauty", "tiny", 30, 0.1, 20),
+        ("CDDRec-toys", "tiny", 25, 0.002, 20),
     ],
 )
-def test_paper_settings_per_dataset(model, dataset, steps, length, tiny_config):
+def test_paper_settings_per_dataset(
+    model, dataset, steps, beta_end, length, tiny_config
+):
     overrides = {"data_path": tiny_config["data_path"]} if dataset == "tiny" else {}
     config = build_config(model=model, dataset=dataset, config_dict=overrides)
     assert config["model"] == "CDDRec"
     assert config["diffusion_steps"] == steps
-    assert config["beta_end"] == 0.002
+    assert config["beta_end"] == beta_end
     assert config["MAX_ITEM_LIST_LENGTH"] == length
 
 
