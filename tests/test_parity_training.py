@@ -556,3 +556,8 @@ def test_cddrec_and_diffurec_overrides_map_each_setting():
     )
     assert got["weight_decay"] == 1e-4 and got["n_layers"] == 3
     assert got["inference_steps"] is None and got["offset_noise"] == 0.0
+    assert train_diffurec.our_overrides("DiffuRecSys", diffu)["conditioning"] == (
+        "cross_attention"
+    )
+    diffu["conditioning"] = "sum"  # a variant's switch reaches our model
+    assert train_diffurec.our_overrides("DiffuRecSys", diffu)["conditioning"] == "sum"

@@ -58,6 +58,9 @@ __all__ = [
 ]
 
 MODELS = ("DiffuRec", "DiffuRecSys")
+# Settings a variant may add (--variant=... --set conditioning=sum --sides=ours):
+# our approximator's conditioning, to locate a gap in the cross-attention.
+OPTIONS = ("conditioning",)
 
 # DiffuRec's data lives in another checkout: the ADRec repository, next to the
 # DiffuRec checkout (``/tmp/refs/ADRec`` beside ``/tmp/refs/DiffuRec``).
@@ -320,7 +323,9 @@ def our_overrides(model, settings):
         "diffusion_steps": settings["diffusion_steps"],
         "noise_schedule": settings["noise_schedule"],
         "lambda_uncertainty": settings["lambda_uncertainty"],
-        "conditioning": "sum" if model == "DiffuRec" else "cross_attention",
+        "conditioning": settings.get(
+            "conditioning", "sum" if model == "DiffuRec" else "cross_attention"
+        ),
         "offset_noise": 0.0,  # off in both references
         "ensemble_size": 1,
         "inference_steps": None,  # the whole chain of T steps
