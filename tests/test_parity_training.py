@@ -561,3 +561,24 @@ def test_cddrec_and_diffurec_overrides_map_each_setting():
     )
     diffu["conditioning"] = "sum"  # a variant's switch reaches our model
     assert train_diffurec.our_overrides("DiffuRecSys", diffu)["conditioning"] == "sum"
+
+
+def test_child_entry_point_and_run_child(tmp_path, monkeypatch):
+    """Catches: a child's result line not read back (or the first of two taken),
+    and a failed child passing silently."""
+    from benchmarks.parity.training_metrics import run_child
+
+    (tmp_path / "echo_child.py").write_text(
+        "from benchmarks.parity.training_metrics import RESULT_PREFIX, child_main\n"
+        "print(RESULT_PREFIX + '{\"got\": -1}')\n"
+        "child_main(lambda spec: {'got': spec['x']}, 'echo')\n"
+    )
+    (tmp_path / "failing_child.py").write_text(  # a result, then a crash
+        "print('PARITY_RESULT {}')\nraise SystemExit(3)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert run_child("echo_child", {"x": 3}, tmp_path / "w", tmp_path / "a.log") == {
+        "got": 3
+    }
+    with pytest.raises(RuntimeError, match="exit 3"):
+        run_child("failing_child", {}, tmp_path / "w2", tmp_path / "b.log")

@@ -15,7 +15,6 @@ Used by ``python -m benchmarks.parity.training --model=ADRec
 """
 
 import argparse
-import json
 import logging
 import os
 import pickle
@@ -29,6 +28,7 @@ if __package__ in (None, ""):
 from benchmarks.parity.training_data import ReferenceData  # noqa: E402
 from benchmarks.parity.training_metrics import (  # noqa: E402
     MetricRecorder,
+    child_main,
     run_child,
 )
 
@@ -257,9 +257,4 @@ def _child(spec):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", required=True, help="JSON spec of the run")
-    options = parser.parse_args()
-    with open(options.child, encoding="utf-8") as handle:
-        child_spec = json.load(handle)
-    print("PARITY_RESULT " + json.dumps(_child(child_spec)), flush=True)
+    child_main(_child, __doc__.splitlines()[0])

@@ -29,7 +29,6 @@ Used by ``python -m benchmarks.parity.training --model=CDDRec
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -40,7 +39,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.parity.training_data import ReferenceData  # noqa: E402
-from benchmarks.parity.training_metrics import run_child  # noqa: E402
+from benchmarks.parity.training_metrics import child_main, run_child  # noqa: E402
 
 __all__ = [
     "OPTIONS",
@@ -205,7 +204,6 @@ REFERENCE_METRICS = (
     "mrr",
 )
 REPORTED = ("ndcg@10", "hit@10", "ndcg@20", "hit@20", "ndcg@5", "hit@5")
-RESULT_PREFIX = "PARITY_RESULT "
 
 
 def _check_model(model):
@@ -549,9 +547,4 @@ def _child(spec):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", required=True, help="JSON spec of the run")
-    options = parser.parse_args()
-    with open(options.child, encoding="utf-8") as handle:
-        child_spec = json.load(handle)
-    print(RESULT_PREFIX + json.dumps(_child(child_spec)), flush=True)
+    child_main(_child, __doc__.splitlines()[0])

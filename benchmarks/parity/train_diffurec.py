@@ -26,9 +26,7 @@ Used by ``python -m benchmarks.parity.training --model=DiffuRec
 --reference-dir=/tmp/refs/DiffuRec`` (and ``--model=DiffuRecSys``).
 """
 
-import argparse
 import copy
-import json
 import os
 import pickle
 import sys
@@ -41,6 +39,7 @@ if __package__ in (None, ""):
 from benchmarks.parity.training_data import ReferenceData  # noqa: E402
 from benchmarks.parity.training_metrics import (  # noqa: E402
     MetricRecorder,
+    child_main,
     run_child,
 )
 
@@ -562,9 +561,4 @@ def _batch_mean(batches, key):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", required=True, help="JSON spec of the run")
-    options = parser.parse_args()
-    with open(options.child, encoding="utf-8") as handle:
-        child_spec = json.load(handle)
-    print("PARITY_RESULT " + json.dumps(_child(child_spec)), flush=True)
+    child_main(_child, __doc__.splitlines()[0])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["KS", "MetricRecorder", "rank_metrics", "run_child"]
+__all__ = ["KS", "MetricRecorder", "child_main", "rank_metrics", "run_child"]
 
 KS = (5, 10, 20)
 RESULT_PREFIX = "PARITY_RESULT "
@@ -185,3 +185,15 @@ def run_child(module, spec, work_dir, log_path, timeout=None):
             f"{module} child failed (exit {completed.returncode}); log {log_path}:\n{tail}"
         )
     return json.loads(results[-1][len(RESULT_PREFIX) :])
+
+
+def child_main(child, description):
+    """Entry point of a recipe's child process: ``--child SPEC`` in, one result line out."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--child", required=True, help="JSON spec of the run")
+    options = parser.parse_args()
+    with open(options.child, encoding="utf-8") as handle:
+        spec = json.load(handle)
+    print(RESULT_PREFIX + json.dumps(child(spec)), flush=True)
