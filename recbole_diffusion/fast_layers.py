@@ -13,16 +13,24 @@ dropout does (``x * mask / (1 - p)``, the gradient ``grad * mask / (1 - p)``):
 forward and backward about 4x faster (3.3 ms against 13 ms for 1.3 million
 elements at one thread).
 
-- Reproducible under a seed: each call seeds a new SFC64 stream with one
-  number drawn from torch's global generator, which RecBole's ``init_seed``
-  seeds and the benchmarks' resume state restores. The streams differ from
-  torch's own dropout, so a run is the same only with the same setting.
+- Reproducible under a seed: each call starts a new SFC64 stream from
+  torch's global generator, which RecBole's ``init_seed`` seeds and the
+  benchmarks' resume state restores. The streams differ from torch's own
+  dropout, so a run is the same only with the same setting.
+- How a call's stream starts depends on the tensor's size. From
+  ``MIN_ELEMENTS`` elements on, one number drawn from torch seeds the stream
+  through numpy's ``SeedSequence`` (about 45 us with the first draws,
+  negligible beside such a mask; the committed benchmark tables were made
+  with these streams, so they stay). Below it, four 63-bit words drawn from
+  torch are the SFC64 state itself (about 3 us): torch's dropout of an ADRec
+  activation under the ``cpu`` protocol (20,480 elements) costs about 180 us
+  of ``bernoulli_``, this path about 20 us.
 - The drop probability is ``p`` rounded to a multiple of 1/65536 (0.1 becomes
   0.10000610); the scale uses that rounded value, so the output stays
   unbiased.
-- Only CPU tensors of at least ``MIN_ELEMENTS`` elements take this path; on
-  any other device, for smaller tensors, and for ``p`` of 0 or in ``eval``
-  mode, it is torch's dropout (or the identity).
+- Only CPU floating-point tensors take this path; on any other device, and
+  for ``p`` of 0 or in ``eval`` mode, it is torch's dropout (or the
+  identity).
 
 ``fast_gelu`` (GELU). torch's tanh-approximated GELU runs its tanh at about
 3 ns an element on the CPU; ``0.5 x (1 + tanh(z))`` equals ``x sigmoid(2z)``,
@@ -35,6 +43,7 @@ rounding (about 1e-7).
 """
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -55,14 +64,33 @@ __all__ = [
 ]
 
 _LEVELS = 65536  # the mask compares 16-bit integers
-# Below this size the fixed cost of a call (seeding, a few small numpy and
-# tensor operations: about 0.15 ms) outweighs the cheaper draws. In isolation
-# the crossover is near 15,000 elements (forward and backward, one thread);
-# in ADRec's step, whose dropouts act on 20,480 elements under the cpu
-# protocol, neither side of it was measurably faster, so below this size the
-# dropout stays torch's (and so does ADRec's random stream).
+# From this size on, a mask's stream is seeded through numpy's SeedSequence
+# (see the module docstring); below it, its state comes straight from torch.
 MIN_ELEMENTS = 32768
 _SEED_BOUND = 2**63 - 1
+_SFC64_STATE_WORDS = 4
+# one SFC64 per thread, its state replaced at every call below MIN_ELEMENTS
+_small_streams = threading.local()
+
+
+def _random_words(count, elements):
+    """``count`` uniform 64-bit words from a new stream seeded by torch."""
+    if elements >= MIN_ELEMENTS:
+        seed = int(torch.randint(0, _SEED_BOUND, (1,), dtype=torch.int64))
+        return np.random.SFC64(seed).random_raw(count)
+    stream = getattr(_small_streams, "generator", None)
+    if stream is None:
+        stream = _small_streams.generator = np.random.SFC64(0)
+    # random_() on int64 draws 63 uniform bits per word: a random state, which
+    # needs none of the warm-up that seeding from one integer does
+    words = torch.empty(_SFC64_STATE_WORDS, dtype=torch.int64).random_()
+    stream.state = {
+        "bit_generator": "SFC64",
+        "state": {"state": words.numpy().view(np.uint64)},
+        "has_uint32": 0,
+        "uinteger": 0,
+    }
+    return stream.random_raw(count)
 
 
 # numpy builds the mask: its comparison and conversion are about 10x faster
@@ -75,8 +103,7 @@ def _keep_mask(shape, drop_levels, dtype):
     """Float mask of ``shape``: 0 with probability ``drop_levels / 65536``,
     else ``65536 / (65536 - drop_levels)`` (1 / (1 - p), p as rounded)."""
     count = math.prod(shape)
-    seed = int(torch.randint(0, _SEED_BOUND, (1,), dtype=torch.int64))
-    words = np.random.SFC64(seed).random_raw((count + 3) // 4)  # uint64
+    words = _random_words((count + 3) // 4, count)  # uint64
     halves = words.view(np.int16)[:count]  # uniform on int16
     keep = halves >= drop_levels - _LEVELS // 2
     scale = _LEVELS / (_LEVELS - drop_levels)
@@ -92,12 +119,7 @@ def fast_dropout(x, p, training=True):
     """Functional form of :class:`FastDropout`."""
     if not training or p == 0:
         return x
-    if (
-        x.device.type != "cpu"
-        or not x.is_floating_point()
-        or p >= 1
-        or x.numel() < MIN_ELEMENTS
-    ):
+    if x.device.type != "cpu" or not x.is_floating_point() or p >= 1:
         return F.dropout(x, p, training=True)
     drop_levels = round(p * _LEVELS)
     if drop_levels == 0:

@@ -9,6 +9,7 @@ from collections import defaultdict
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from conftest import UNIT_N_ITEMS, UnitDataset, unit_config
 from recbole.data.interaction import Interaction
@@ -426,6 +427,36 @@ def test_cached_step_equals_the_full_pass_at_that_position():
         last = hidden[torch.arange(3), lengths - 1].unsqueeze(1)
         stepped = stack.step(last, cache, history)
     torch.testing.assert_close(stepped[:, 0], full[torch.arange(3), lengths - 1])
+
+
+def test_training_attention_with_fast_dropout_is_sdpas_causal_attention(
+    monkeypatch,
+):
+    """Catches the written-out training attention (taken so that its dropout is
+    fast_dropout) with a wrong or missing causal mask, or with its dropout
+    left off: with the masks made the identity it must be SDPA's causal
+    attention, and with them on it must drop some weights."""
+    from recbole_diffusion import fast_layers
+    from recbole_diffusion.model.adrec import CausalSelfAttention
+
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(HIDDEN, 2, attn_dropout_prob=0.3)
+    layer.fast_attention_dropout = True
+    hidden = torch.randn(3, 6, HIDDEN)
+    q, k, v = (
+        layer._split_heads(proj(hidden))
+        for proj in (layer.query, layer.key, layer.value)
+    )
+    expected = layer.output(
+        layer._merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr(fast_layers, "fast_dropout", lambda x, p, training=True: x)
+        got, _ = layer.train()(hidden)
+    torch.testing.assert_close(got, expected)
+    dropped, _ = layer(hidden)
+    assert not torch.allclose(dropped, expected)
+    assert make_model().cam.blocks[0].attention.fast_attention_dropout  # switched on
 
 
 @pytest.mark.parametrize("inference_steps", [None, 3])

@@ -109,7 +109,7 @@ from recbole_diffusion.diffusion import (
     get_beta_schedule,
     respaced_steps,
 )
-from recbole_diffusion.fast_layers import use_fast_layers
+from recbole_diffusion.fast_layers import attention, use_fast_layers
 from recbole_diffusion.utils import (
     ConfigError,
     check_choice,
@@ -173,6 +173,8 @@ class CausalSelfAttention(nn.Module):
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
         self.output = nn.Linear(hidden_size, hidden_size)
+        # set by use_fast_layers: attention dropout through fast_dropout
+        self.fast_attention_dropout = False
 
     def _split_heads(self, x):
         batch, length, _ = x.shape
@@ -190,9 +192,19 @@ class CausalSelfAttention(nn.Module):
         q = self._split_heads(self.query(hidden))  # [B heads L H/heads]
         k = self._split_heads(self.key(hidden))
         v = self._split_heads(self.value(hidden))
-        attended = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self._dropout_p()
-        )  # [B heads L H/heads]
+        dropout_p = self._dropout_p()
+        if self.fast_attention_dropout and dropout_p > 0 and q.device.type == "cpu":
+            # written out, so that the dropout of the attention weights is
+            # fast_dropout (inside SDPA it is torch's bernoulli_)
+            length = q.shape[2]
+            causal = torch.ones(length, length, dtype=torch.bool, device=q.device)
+            attended = attention(
+                q, k, v, attn_mask=causal.tril_(), dropout_p=dropout_p, fast=True
+            )
+        else:
+            attended = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=dropout_p
+            )  # [B heads L H/heads]
         return self.output(self._merge_heads(attended)), (k, v)
 
     def step(self, hidden, past_keys, past_values, past_allowed):

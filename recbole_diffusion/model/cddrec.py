@@ -283,9 +283,10 @@ class CrossAttentiveDecoder(nn.Module):
         return output, probs.permute(0, 2, 3, 1, 4)  # [B S h Lq Lk]
 
 
-# The fast NT-Xent shifts every logit of a step by the step's largest one; a
-# token's logits then lie within 2 / tau of it (cosines in [-1, 1]), so exp
-# cannot underflow a whole row while 2 / tau stays well under float32's 87.
+# The fast NT-Xent shifts every logit by 1 / tau, the largest a cosine over
+# tau can be; a token's logits then lie in [-2 / tau, 0] after the shift
+# (cosines in [-1, 1]), so exp cannot underflow while 2 / tau stays well under
+# float32's 87 (exp(-60) is about 1e-26, a normal float).
 _FAST_NT_XENT_SPAN = 60.0
 
 
@@ -293,12 +294,16 @@ class _NTXent(torch.autograd.Function):
     """NT-Xent of unit tokens [S M H] (token k's partner is k +- M/2), per token.
 
     The same loss as ``F.cross_entropy`` over the logits ``T T^T / tau`` with
-    the diagonal at -inf, in fewer passes over the [S M M] matrix: one
-    exponential in place of the logits (shifted by the step's maximum, so the
-    exponentials stay symmetric) serves the loss and the backward pass, which
-    uses ``d T = (dL + dL^T) T / tau`` with ``dL = diag(g / s) E - g`` at the
-    partners: two matrix products with ``E`` and no [S M M] gradient. In
-    float64 it matches the cross-entropy form to 1e-15 (a test checks it).
+    the diagonal at -inf, in fewer passes over the [S M M] matrix (which at
+    the ``cpu`` protocol's batch is 29 MB, so every pass goes to memory): the
+    matrix product of ``T / tau`` and ``T`` gives the logits without a
+    division pass; one in-place exponential of the logits shifted by the
+    constant ``1 / tau`` (no pass for a maximum, see ``_FAST_NT_XENT_SPAN``)
+    serves the loss and the backward pass, which uses
+    ``d T = (dL + dL^T) T / tau`` with ``dL = diag(g / s) E - g`` at the
+    partners, as one product of ``E`` with ``[T, (g / s) T]`` (``E`` read
+    once) and no [S M M] gradient. In float64 it matches the cross-entropy
+    form to 1e-12 (a test checks it).
     """
 
     @staticmethod
@@ -306,21 +311,24 @@ class _NTXent(torch.autograd.Function):
         half = tokens.shape[1] // 2
         partners = torch.cat([tokens[:, half:], tokens[:, :half]], dim=1)
         positive = (tokens * partners).sum(-1) / tau  # [S M]
-        logits = torch.bmm(tokens, tokens.transpose(1, 2)).div_(tau)  # [S M M]
+        logits = torch.bmm(tokens / tau, tokens.transpose(1, 2))  # [S M M]
         logits.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # no self-pairs
-        shift = logits.amax(dim=(1, 2), keepdim=True)  # [S 1 1]
+        shift = 1.0 / tau  # the largest logit a unit token can have
         exps = logits.sub_(shift).exp_()  # in place: the logits are not kept
         sums = exps.sum(dim=-1)  # [S M]
         ctx.save_for_backward(tokens, partners, exps, sums)
         ctx.tau = tau
-        return sums.log() + shift.squeeze(-1) - positive  # [S M]
+        return sums.log() + shift - positive  # [S M]
 
     @staticmethod
     def backward(ctx, grad):
         tokens, partners, exps, sums = ctx.saved_tensors
-        half = tokens.shape[1] // 2
+        half, hidden = tokens.shape[1] // 2, tokens.shape[2]
         rate = (grad / sums).unsqueeze(-1)  # [S M 1]
-        result = rate * torch.bmm(exps, tokens) + torch.bmm(exps, rate * tokens)
+        # E T and E (rate T) in one product: E (29 MB at the cpu protocol)
+        # is read once
+        products = torch.bmm(exps, torch.cat([tokens, rate * tokens], dim=-1))
+        result = torch.addcmul(products[..., hidden:], rate, products[..., :hidden])
         partner_grad = torch.cat([grad[:, half:], grad[:, :half]], dim=1)
         result -= (grad + partner_grad).unsqueeze(-1) * partners
         return result / ctx.tau, None
