@@ -433,9 +433,10 @@ def test_training_attention_with_fast_dropout_is_sdpas_causal_attention(
     monkeypatch,
 ):
     """Catches the written-out training attention (taken so that its dropout is
-    fast_dropout) with a wrong or missing causal mask, or with its dropout
-    left off: with the masks made the identity it must be SDPA's causal
-    attention, and with them on it must drop some weights."""
+    fast_dropout) with a wrong or missing causal mask, the stacked q/k/v
+    projection split in the wrong order, or the dropout left off: with the
+    masks made the identity it must be SDPA's causal attention over three
+    separate projections, and with them on it must drop some weights."""
     from recbole_diffusion import fast_layers
     from recbole_diffusion.model.adrec import CausalSelfAttention
 
@@ -443,13 +444,13 @@ def test_training_attention_with_fast_dropout_is_sdpas_causal_attention(
     layer = CausalSelfAttention(HIDDEN, 2, attn_dropout_prob=0.3)
     layer.fast_attention_dropout = True
     hidden = torch.randn(3, 6, HIDDEN)
+    # each projection by its own Linear, heads split by hand
     q, k, v = (
-        layer._split_heads(proj(hidden))
+        proj(hidden).view(3, 6, 2, HIDDEN // 2).transpose(1, 2)
         for proj in (layer.query, layer.key, layer.value)
     )
-    expected = layer.output(
-        layer._merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True))
-    )
+    attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    expected = layer.output(attended.transpose(1, 2).reshape(3, 6, HIDDEN))
     with monkeypatch.context() as patch:
         patch.setattr(fast_layers, "fast_dropout", lambda x, p, training=True: x)
         got, _ = layer.train()(hidden)

@@ -176,10 +176,6 @@ class CausalSelfAttention(nn.Module):
         # set by use_fast_layers: attention dropout through fast_dropout
         self.fast_attention_dropout = False
 
-    def _split_heads(self, x):
-        batch, length, _ = x.shape
-        return x.view(batch, length, self.n_heads, self.head_size).transpose(1, 2)
-
     def _merge_heads(self, x):
         batch, _, length, _ = x.shape
         return x.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_size)
@@ -187,11 +183,24 @@ class CausalSelfAttention(nn.Module):
     def _dropout_p(self):
         return self.attn_dropout_prob if self.training else 0.0
 
+    def _project(self, hidden):
+        """Queries, keys and values [B heads L H/heads] of ``hidden`` [B L H].
+
+        One matrix product with the three weights stacked, not three: at the
+        benchmarks' sizes ([320 64] by [64 64]) each product costs more in
+        calls than in arithmetic (5% of ADRec's training step, measured). The
+        parameters stay three Linear layers (same state dict).
+        """
+        batch, length, _ = hidden.shape
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        projected = F.linear(hidden, weight, bias)  # [B L 3H]
+        projected = projected.view(batch, length, 3, self.n_heads, self.head_size)
+        return projected.permute(2, 0, 3, 1, 4).unbind(0)
+
     def forward(self, hidden):
         """[B L H] -> (output [B L H], (keys, values) each [B heads L H/heads])."""
-        q = self._split_heads(self.query(hidden))  # [B heads L H/heads]
-        k = self._split_heads(self.key(hidden))
-        v = self._split_heads(self.value(hidden))
+        q, k, v = self._project(hidden)  # each [B heads L H/heads]
         dropout_p = self._dropout_p()
         if self.fast_attention_dropout and dropout_p > 0 and q.device.type == "cpu":
             # written out, so that the dropout of the attention weights is
@@ -217,9 +226,7 @@ class CausalSelfAttention(nn.Module):
                 new token may attend to (its history); the token always
                 attends to itself.
         """
-        q = self._split_heads(self.query(hidden))  # [B heads 1 H/heads]
-        k = self._split_heads(self.key(hidden))
-        v = self._split_heads(self.value(hidden))
+        q, k, v = self._project(hidden)  # each [B heads 1 H/heads]
         keys = torch.cat([past_keys, k], dim=2)  # [B heads L+1 H/heads]
         values = torch.cat([past_values, v], dim=2)
         itself = past_allowed.new_ones(past_allowed.shape[0], 1)
