@@ -127,6 +127,37 @@ def test_step_embedding_rescales_steps_to_1000():
     assert embed(torch.tensor([5]))[0].allclose(out[0, 1])
 
 
+@pytest.mark.parametrize("shape", [(4, 9), (40,)])
+def test_step_embedding_table_gives_each_elements_mlp_and_its_gradients(shape):
+    """Catches the per-step table (taken when t has more elements than T) read
+    at the wrong row, built from unscaled steps, whose rows that share a step
+    do not add their gradients, or not taken at all: against the MLP applied
+    element by element, outputs and parameter gradients, in float64."""
+    torch.manual_seed(0)
+    embed = StepEmbedding(hidden_size=6, num_steps=7).double()
+    t = torch.randint(0, 7, shape)
+    assert t.numel() > 7 and len(t.unique()) < t.numel()  # the table path
+    weights = torch.randn(*shape, 6, dtype=torch.float64)
+    rows = []
+    hook = embed.mlp[0].register_forward_hook(lambda m, i, o: rows.append(len(i[0])))
+    out = embed(t)
+    hook.remove()
+    assert rows == [7]  # the MLP ran once, on the T steps, not on every element
+    (out * weights).sum().backward()
+    table_grads = [p.grad.clone() for p in embed.parameters()]
+    embed.zero_grad()
+    expected = torch.stack(
+        [
+            embed.mlp(timestep_embedding(step.view(1) * (1000.0 / 7), 6).double())[0]
+            for step in t.flatten()
+        ]
+    ).view(*shape, 6)
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(table_grads, (p.grad for p in embed.parameters())):
+        torch.testing.assert_close(got, want)
+
+
 # --------------------------------------------------------------------------- #
 # forward process
 # --------------------------------------------------------------------------- #
