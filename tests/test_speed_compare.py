@@ -87,3 +87,14 @@ def test_the_page_shows_each_models_latest_ratio():
     assert "| ADRec | 30.0 | 25.0 | 1.20x |" in lines
     assert "290.0" not in lines
     assert render_speed_compare([]) == []
+
+
+def test_a_failed_model_stays_on_one_table_row():
+    """Catches a child's multi-line error (or a '|' in it) breaking the table."""
+    failed = _record("SASRec+", "20260102-000000", 1.0, 1.0, status="failed")
+    failed["error"] = "the child failed:\nTraceback ...\nValueError: a | b\n"
+    lines = render_speed_compare([failed])
+    rows = [line for line in lines if line.startswith("| SASRec+")]
+    assert len(rows) == 1 and rows[0].endswith("|")
+    assert "ValueError: a / b" in rows[0]
+    assert rows[0].count("|") == 8  # seven columns

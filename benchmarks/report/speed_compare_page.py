@@ -38,7 +38,8 @@ def render_speed_compare(records):
         for run_id in sorted(runs):
             for record in runs[run_id]:
                 latest[record["model"]] = record
-        first = next(iter(latest.values()))
+        # the machine and versions of the latest run
+        first = runs[max(runs)][0]
         new_revisions = sorted({r["new_revision"] for r in latest.values()})
         lines += [
             f"### {dataset}, `{protocol}` protocol: `{old[:7]}` against "
@@ -59,9 +60,10 @@ def render_speed_compare(records):
         for model in sorted(latest, key=model_sort_key):
             r = latest[model]
             if r.get("status") != "ok":
+                # one table row: the error's tail on one line, no column breaks
+                error = " ".join(str(r.get("error")).split())[-120:]
                 table.append(
-                    [model, f"{r.get('status')}: {str(r.get('error'))[-120:]}"]
-                    + [""] * 5
+                    [model, f"{r.get('status')}: {error.replace('|', '/')}"] + [""] * 5
                 )
                 continue
             table.append(
