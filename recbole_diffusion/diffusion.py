@@ -151,12 +151,15 @@ class StepEmbedding(nn.Module):
     gradients (rows that share a step add up in the table's). ADRec embeds
     one step per token (16 x 20 under the ``cpu`` protocol, T 32): this is a
     tenth of the MLP's work there, about 10% of its training step's FLOPs.
+    ``use_table=False`` (config ``step_embedding_table: False``) runs the MLP
+    on every element.
     """
 
-    def __init__(self, hidden_size, num_steps):
+    def __init__(self, hidden_size, num_steps, use_table=True):
         super().__init__()
         self.hidden_size = hidden_size
         self.num_steps = _check_num_steps(num_steps)
+        self.use_table = use_table
         self.mlp = nn.Sequential(
             nn.Linear(hidden_size, 4 * hidden_size),
             nn.SiLU(),
@@ -170,7 +173,7 @@ class StepEmbedding(nn.Module):
 
     def forward(self, t):
         """``t``: long tensor [B] or [B L] of steps in 0..T-1 -> [..., H]."""
-        if t.numel() <= self.num_steps:
+        if not self.use_table or t.numel() <= self.num_steps:
             return self._embed(t)
         table = self._embed(torch.arange(self.num_steps, device=t.device))  # [T H]
         return F.embedding(t, table)

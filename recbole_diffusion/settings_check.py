@@ -48,6 +48,8 @@ _BOOLS = (
     "malloc_keep_memory",
     "fused_optimizer",
     "fast_info_nce",
+    "fused_qkv",
+    "step_embedding_table",
 )
 _EXAMPLES = {"epochs": 200, "train_batch_size": 256, "MAX_ITEM_LIST_LENGTH": 50}
 

@@ -454,10 +454,18 @@ def test_training_attention_with_fast_dropout_is_sdpas_causal_attention(
     with monkeypatch.context() as patch:
         patch.setattr(fast_layers, "fast_dropout", lambda x, p, training=True: x)
         got, _ = layer.train()(hidden)
-    torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(got, expected)
+        layer.fused_projection = False  # the switch: three products
+        unfused, _ = layer(hidden)
+        torch.testing.assert_close(unfused, expected)
+        layer.fused_projection = True
     dropped, _ = layer(hidden)
     assert not torch.allclose(dropped, expected)
-    assert make_model().cam.blocks[0].attention.fast_attention_dropout  # switched on
+    attention = make_model().cam.blocks[0].attention
+    assert attention.fast_attention_dropout and attention.fused_projection
+    switched = make_model(fused_qkv=False, step_embedding_table=False)
+    assert not switched.adm.blocks[1].attention.fused_projection
+    assert not switched.step_embedding.use_table
 
 
 @pytest.mark.parametrize("inference_steps", [None, 3])

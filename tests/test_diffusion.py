@@ -156,6 +156,13 @@ def test_step_embedding_table_gives_each_elements_mlp_and_its_gradients(shape):
     torch.testing.assert_close(out, expected)
     for got, want in zip(table_grads, (p.grad for p in embed.parameters())):
         torch.testing.assert_close(got, want)
+    # the switch (step_embedding_table: False): the MLP on every element
+    embed.use_table = False
+    rows.clear()
+    hook = embed.mlp[0].register_forward_hook(lambda m, i, o: rows.append(i[0].shape))
+    torch.testing.assert_close(embed(t), expected)
+    hook.remove()
+    assert rows == [(*shape, 6)]
 
 
 # --------------------------------------------------------------------------- #

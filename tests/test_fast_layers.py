@@ -330,7 +330,14 @@ def test_fused_adam_takes_the_same_step_as_torchs_adam():
 def test_switches_are_refused_when_not_booleans(tiny_config):
     """Catches fast_dropout being taken for a dropout probability (it ends in
     '_dropout') or a switch accepting any value."""
-    for key in ("fast_dropout", "fast_gelu", "fused_optimizer", "detect_anomaly"):
+    for key in (
+        "fast_dropout",
+        "fast_gelu",
+        "fused_optimizer",
+        "detect_anomaly",
+        "step_embedding_table",
+        "fused_qkv",
+    ):
         build_config("DiffuRec", "tiny", config_dict={**tiny_config, key: False})
         with pytest.raises(ValueError, match=key):
             build_config("DiffuRec", "tiny", config_dict={**tiny_config, key: 0.5})

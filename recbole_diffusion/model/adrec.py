@@ -175,6 +175,8 @@ class CausalSelfAttention(nn.Module):
         self.output = nn.Linear(hidden_size, hidden_size)
         # set by use_fast_layers: attention dropout through fast_dropout
         self.fast_attention_dropout = False
+        # one product for q, k and v (config fused_qkv; False: three)
+        self.fused_projection = True
 
     def _merge_heads(self, x):
         batch, _, length, _ = x.shape
@@ -192,6 +194,13 @@ class CausalSelfAttention(nn.Module):
         parameters stay three Linear layers (same state dict).
         """
         batch, length, _ = hidden.shape
+        if not self.fused_projection:
+            return tuple(
+                layer(hidden)
+                .view(batch, length, self.n_heads, self.head_size)
+                .transpose(1, 2)
+                for layer in (self.query, self.key, self.value)
+            )
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         projected = F.linear(hidden, weight, bias)  # [B L 3H]
@@ -432,7 +441,11 @@ class ADRec(SequentialRecommender):
             config_value(config, "beta_start"),
             config_value(config, "beta_end"),
         )
-        self.step_embedding = StepEmbedding(self.hidden_size, self.diffusion_steps)
+        self.step_embedding = StepEmbedding(
+            self.hidden_size,
+            self.diffusion_steps,
+            use_table=bool(config_value(config, "step_embedding_table", True)),
+        )
         self.adm = CausalTransformer(self.adm_layers, **block_args)
         self.loss_fct = nn.CrossEntropyLoss()
 
@@ -442,6 +455,10 @@ class ADRec(SequentialRecommender):
         # cheaper dropout masks and GELU on the CPU, same maths (fast_dropout,
         # fast_gelu; see recbole_diffusion.fast_layers)
         use_fast_layers(self, config)
+        fused_qkv = bool(config_value(config, "fused_qkv", True))
+        for module in self.modules():
+            if isinstance(module, CausalSelfAttention):
+                module.fused_projection = fused_qkv
 
     def _init_weights(self, module):
         if isinstance(module, nn.Embedding):

@@ -248,7 +248,11 @@ class DiffuRec(SequentialRecommender):
             config_value(config, "beta_start"),
             config_value(config, "beta_end"),
         )
-        self.step_embedding = StepEmbedding(self.hidden_size, self.diffusion_steps)
+        self.step_embedding = StepEmbedding(
+            self.hidden_size,
+            self.diffusion_steps,
+            use_table=bool(config_value(config, "step_embedding_table", True)),
+        )
         if self.conditioning == "cross_attention":
             self.cross_attention = MultiHeadAttention(
                 self.hidden_size, self.n_heads, self.attn_dropout_prob
