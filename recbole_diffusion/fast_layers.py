@@ -195,18 +195,31 @@ class TanhGELU(nn.GELU):
         return tanh_gelu(x)
 
 
-def attention(query, key, value, attn_mask=None, dropout_p=0.0, fast=False):
+def attention(
+    query, key, value, attn_mask=None, dropout_p=0.0, fast=False, is_causal=False
+):
     """``F.scaled_dot_product_attention``; with ``fast`` and dropout on the CPU,
     the same attention written out so that its dropout is :func:`fast_dropout`.
 
-    ``attn_mask`` is boolean, True where a query may attend (as for SDPA).
+    ``attn_mask`` is boolean, True where a query may attend (as for SDPA);
+    ``is_causal`` (instead of a mask) lets query i attend to keys 0..i.
     With dropout torch's CPU attention takes this same math path (matrix
     products, softmax, dropout), so writing it out costs nothing extra.
     """
     if not (fast and dropout_p > 0 and query.device.type == "cpu"):
         return F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
         )
+    if is_causal:
+        length = query.shape[-2]
+        attn_mask = torch.ones(
+            length, key.shape[-2], dtype=torch.bool, device=query.device
+        ).tril_()
     scores = query @ key.transpose(-2, -1) * (query.shape[-1] ** -0.5)
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))

@@ -210,19 +210,16 @@ class CausalSelfAttention(nn.Module):
     def forward(self, hidden):
         """[B L H] -> (output [B L H], (keys, values) each [B heads L H/heads])."""
         q, k, v = self._project(hidden)  # each [B heads L H/heads]
-        dropout_p = self._dropout_p()
-        if self.fast_attention_dropout and dropout_p > 0 and q.device.type == "cpu":
-            # written out, so that the dropout of the attention weights is
-            # fast_dropout (inside SDPA it is torch's bernoulli_)
-            length = q.shape[2]
-            causal = torch.ones(length, length, dtype=torch.bool, device=q.device)
-            attended = attention(
-                q, k, v, attn_mask=causal.tril_(), dropout_p=dropout_p, fast=True
-            )
-        else:
-            attended = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=dropout_p
-            )  # [B heads L H/heads]
+        # written out where the dropout is fast_dropout (inside SDPA it is
+        # torch's bernoulli_); SDPA otherwise
+        attended = attention(
+            q,
+            k,
+            v,
+            dropout_p=self._dropout_p(),
+            fast=self.fast_attention_dropout,
+            is_causal=True,
+        )  # [B heads L H/heads]
         return self.output(self._merge_heads(attended)), (k, v)
 
     def step(self, hidden, past_keys, past_values, past_allowed):
