@@ -40,6 +40,19 @@ backward together). RecBole's ``FeedForward`` computes the exact GELU as five
 separate operations (``x * 0.5 * (1 + erf(x / sqrt 2))``); it becomes torch's
 fused ``F.gelu``, the same function. Both agree with the original to float
 rounding (about 1e-7).
+
+``fast_cross_entropy`` (cross-entropy over all items). ``F.cross_entropy``
+keeps ``log_softmax`` of the [R N] logits; its backward fills an [R N] zero
+tensor for the targets, then recomputes the exponential of every entry. On
+this kind of CPU an exponential costs about 1 ns, as much as the rest of the
+loss together. :class:`CrossEntropyLoss` keeps the softmax ``P`` instead: the
+loss is ``max_j x_ij - log max_j P_ij - x_i,target`` (the softmax's largest
+entry is ``exp(0) / sum``, so this is the log-sum-exp, and it cannot
+underflow), and the gradient ``(P - onehot) / R`` is written into ``P``
+itself: one exponential per entry instead of two, no zero fill. Mean
+reduction over class indices only; anything else (weights, label smoothing,
+``ignore_index`` in use, probabilities as targets, half precision, a device
+other than the CPU) is torch's loss.
 """
 
 import math
@@ -55,9 +68,11 @@ from recbole_diffusion.utils import config_value
 
 __all__ = [
     "MIN_ELEMENTS",
+    "CrossEntropyLoss",
     "FastDropout",
     "TanhGELU",
     "attention",
+    "cross_entropy",
     "fast_dropout",
     "tanh_gelu",
     "use_fast_layers",
@@ -195,6 +210,76 @@ class TanhGELU(nn.GELU):
         return tanh_gelu(x)
 
 
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``logits`` [R N] at class indices ``targets`` [R]."""
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        probs = torch.softmax(logits, dim=-1)
+        # log sum_j exp(x_ij) = max_j x_ij - log max_j P_ij: the largest entry
+        # of the softmax is exp(0) / sum, never smaller than 1 / N
+        log_sum_exp = logits.amax(dim=-1) - probs.amax(dim=-1).log_()
+        target_logits = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+        ctx.save_for_backward(probs, targets)
+        return (log_sum_exp - target_logits).mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        probs, targets = ctx.saved_tensors
+        # (P - onehot) * g / R, written into P: backward runs once (a second
+        # one would find the saved tensor modified and raise)
+        rows = probs.shape[0]
+        scale = grad_output / rows
+        probs.mul_(scale)
+        probs.scatter_add_(1, targets.unsqueeze(1), (-scale).expand(rows, 1))
+        return probs, None
+
+
+def cross_entropy(logits, targets, fast=True):
+    """``F.cross_entropy(logits, targets)`` (mean); with ``fast``, on the CPU in
+    float32/float64 with [R N] logits, through the kept softmax (see module)."""
+    if (
+        fast
+        and logits.device.type == "cpu"
+        and logits.dtype in (torch.float32, torch.float64)
+        and logits.dim() == 2
+        and targets.dim() == 1
+        and not targets.is_floating_point()
+        and logits.shape[0] > 0
+    ):
+        return _SoftmaxCrossEntropy.apply(logits, targets)
+    return F.cross_entropy(logits, targets)
+
+
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """``nn.CrossEntropyLoss()`` through :func:`cross_entropy` (see module).
+
+    Only a loss with the defaults (mean, no weights, no label smoothing)
+    becomes this; a target of ``ignore_index`` (-100) is out of range for the
+    kept softmax and raises, as a target past N does.
+    """
+
+    def forward(self, logits, targets):
+        return cross_entropy(logits, targets)
+
+
+_causal_biases = {}
+
+
+def _causal_bias(length, key_length, dtype, device):
+    """[length key_length]: 0 where query i may attend to key j (j <= i), else
+    -inf (SDPA's ``is_causal``: the top-left triangle). Built once per shape."""
+    key = (length, key_length, dtype, device)
+    bias = _causal_biases.get(key)
+    if bias is None:
+        allowed = torch.ones(length, key_length, dtype=torch.bool, device=device)
+        bias = torch.zeros(length, key_length, dtype=dtype, device=device)
+        bias.masked_fill_(~allowed.tril_(), float("-inf"))
+        _causal_biases[key] = bias
+    return bias
+
+
 def attention(
     query, key, value, attn_mask=None, dropout_p=0.0, fast=False, is_causal=False
 ):
@@ -215,16 +300,33 @@ def attention(
             dropout_p=dropout_p,
             is_causal=is_causal,
         )
+    scale = query.shape[-1] ** -0.5
     if is_causal:
-        length = query.shape[-2]
-        attn_mask = torch.ones(
-            length, key.shape[-2], dtype=torch.bool, device=query.device
-        ).tril_()
-    scores = query @ key.transpose(-2, -1) * (query.shape[-1] ** -0.5)
-    if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf"))
+        # the mask as an additive bias in the scores' product: one operation
+        # for product, scale and mask (each a pass, and a backward node)
+        length, key_length = query.shape[-2], key.shape[-2]
+        batch_shape = query.shape[:-2]
+        scores = torch.baddbmm(
+            _causal_bias(length, key_length, query.dtype, query.device),
+            query.reshape(-1, length, query.shape[-1]),
+            key.reshape(-1, key_length, key.shape[-1]).transpose(1, 2),
+            alpha=scale,
+        ).view(*batch_shape, length, key_length)
+    else:
+        scores = query @ key.transpose(-2, -1) * scale
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
     weights = fast_dropout(torch.softmax(scores, dim=-1), dropout_p)
     return weights @ value
+
+
+def _has_default_settings(loss):
+    return (
+        loss.weight is None
+        and loss.reduction == "mean"
+        and loss.label_smoothing == 0.0
+        and loss.ignore_index == -100
+    )
 
 
 def use_fast_layers(model, config):
@@ -233,13 +335,18 @@ def use_fast_layers(model, config):
     ``fast_dropout``: every ``nn.Dropout`` (RecBole's layers included) becomes
     :class:`FastDropout` with the same ``p``. ``fast_gelu``: every
     ``nn.GELU(approximate="tanh")`` becomes :class:`TanhGELU`, and RecBole's
-    ``FeedForward`` with ``hidden_act: gelu`` uses ``F.gelu``. Parameters and
-    state dict are unchanged. Returns the number of modules changed.
+    ``FeedForward`` with ``hidden_act: gelu`` uses ``F.gelu``.
+    ``fast_cross_entropy``: every default ``nn.CrossEntropyLoss`` becomes
+    :class:`CrossEntropyLoss`; modules with a ``fast_cross_entropy``
+    attribute (those that call :func:`cross_entropy`) get the switch.
+    Parameters and state dict are unchanged. Returns the number of modules
+    changed.
     """
 
     changed = 0
     fast_dropout_on = bool(config_value(config, "fast_dropout", True))
     fast_gelu_on = bool(config_value(config, "fast_gelu", True))
+    fast_cross_entropy_on = bool(config_value(config, "fast_cross_entropy", True))
     for parent in model.modules():
         for name, child in list(parent.named_children()):
             if fast_dropout_on and type(child) is nn.Dropout:
@@ -250,6 +357,13 @@ def use_fast_layers(model, config):
             ):
                 setattr(parent, name, TanhGELU())
                 changed += 1
+            elif (
+                fast_cross_entropy_on
+                and type(child) is nn.CrossEntropyLoss
+                and _has_default_settings(child)
+            ):
+                setattr(parent, name, CrossEntropyLoss())
+                changed += 1
         if (
             fast_gelu_on
             and isinstance(parent, FeedForward)
@@ -258,6 +372,8 @@ def use_fast_layers(model, config):
         ):
             parent.intermediate_act_fn = F.gelu
             changed += 1
+        if hasattr(parent, "fast_cross_entropy"):
+            parent.fast_cross_entropy = fast_cross_entropy_on
         if hasattr(parent, "fast_attention_dropout"):
             # attention modules that call attention(..., fast=...)
             parent.fast_attention_dropout = fast_dropout_on

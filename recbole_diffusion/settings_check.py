@@ -44,6 +44,7 @@ _BOOLS = (
     "save_dataloaders",
     "fast_dropout",
     "fast_gelu",
+    "fast_cross_entropy",
     "detect_anomaly",
     "malloc_keep_memory",
     "fused_optimizer",

@@ -13,15 +13,19 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from recbole.data.interaction import Interaction
 from test_model_contracts import MODELS, SEQUENCES, make_batch, make_model
 
 import recbole_diffusion.fast_layers as fast_layers
 from recbole_diffusion.allocator import keep_freed_memory
 from recbole_diffusion.config import build_config
+from recbole_diffusion.data import TARGET_LIST_PREFIX
 from recbole_diffusion.fast_layers import (
+    CrossEntropyLoss,
     FastDropout,
     TanhGELU,
     attention,
+    cross_entropy,
     fast_dropout,
     tanh_gelu,
     use_fast_layers,
@@ -196,6 +200,126 @@ def test_every_dropout_and_tanh_gelu_is_swapped_and_the_switches_work(name):
     assert list(state) == list(model.state_dict())  # no parameter added or lost
 
 
+def _cross_entropy_both_ways(logits, targets, upstream=1.0):
+    """(loss, gradient) of the fast path and of ``F.cross_entropy``."""
+    results = []
+    for loss_function in (cross_entropy, F.cross_entropy):
+        leaf = logits.detach().clone().requires_grad_()
+        loss = loss_function(leaf, targets)
+        (loss * upstream).backward()
+        results.append((loss.detach(), leaf.grad))
+    return results
+
+
+def test_fast_cross_entropy_is_torchs_loss_and_gradient():
+    """Catches a wrong log-sum-exp (the log of the largest probability left
+    out, or the maximum logit), the target read at the wrong column, the
+    gradient not scaled by the upstream gradient over the rows, or the
+    one-hot subtracted at the wrong place. float64: agreement to 1e-12."""
+    generator = torch.Generator().manual_seed(0)
+    for spread in (0.1, 3.0, 40.0):  # flat, typical and near-one-hot softmaxes
+        logits = spread * torch.randn(30, 17, dtype=torch.float64, generator=generator)
+        targets = torch.randint(0, 17, (30,), generator=generator)
+        (fast, fast_grad), (torch_loss, torch_grad) = _cross_entropy_both_ways(
+            logits, targets, upstream=2.5
+        )
+        torch.testing.assert_close(fast, torch_loss, rtol=0, atol=1e-12)
+        torch.testing.assert_close(fast_grad, torch_grad, rtol=0, atol=1e-12)
+
+
+def test_fast_cross_entropy_survives_a_vanishing_target_probability():
+    """Catches a loss read as -log P[target]: at a logit 200 below the rest
+    the target's probability is 0 in float32 and that form gives inf; the
+    log-sum-exp form gives 200. -inf logits (DuoRec's self-pairs) stay out."""
+    logits = torch.zeros(4, 6)
+    logits[:, 0] = -200.0
+    logits[:, 5] = float("-inf")
+    targets = torch.zeros(4, dtype=torch.long)
+    (fast, fast_grad), (torch_loss, torch_grad) = _cross_entropy_both_ways(
+        logits, targets
+    )
+    assert torch.isfinite(fast) and abs(float(fast) - (200.0 + math.log(4))) < 1e-3
+    torch.testing.assert_close(fast, torch_loss)
+    torch.testing.assert_close(fast_grad, torch_grad)
+    assert torch.all(fast_grad[:, 5] == 0)
+
+
+def test_fast_cross_entropy_refuses_a_second_backward_and_hands_other_cases_to_torch():
+    """Catches a second backward through the same graph that silently reuses
+    the gradient written into the kept softmax, and cases the kept softmax
+    does not cover (3-d logits, half precision) taking it anyway."""
+    logits = torch.randn(5, 7, requires_grad=True)
+    loss = cross_entropy(logits, torch.arange(5))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError):
+        loss.backward()
+    # [B C d] logits (a class dimension in the middle) are torch's loss
+    logits3 = torch.randn(2, 7, 3)
+    targets3 = torch.randint(0, 7, (2, 3))
+    torch.testing.assert_close(
+        cross_entropy(logits3, targets3), F.cross_entropy(logits3, targets3)
+    )
+    # half precision (autocast) is torch's loss, to the last bit of the gradient
+    targets = torch.arange(500) % 37
+    half = (3 * torch.randn(500, 37)).to(torch.bfloat16)
+    gradients = [
+        torch.autograd.grad(loss_function(leaf, targets), leaf)[0]
+        for loss_function in (cross_entropy, F.cross_entropy)
+        for leaf in [half.clone().requires_grad_()]
+    ]
+    assert torch.equal(*gradients)
+
+
+def _training_batch(name):
+    batch = make_batch()
+    if name == "SASRec+":  # whole-sequence rows: the next item at every position
+        item_seq = batch["item_id_list"]
+        targets = torch.zeros_like(item_seq)
+        targets[:, :-1] = item_seq[:, 1:]
+        batch = Interaction(
+            {**batch.interaction, TARGET_LIST_PREFIX + "item_id_list": targets}
+        )
+    return batch
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"CDDRec"}))
+def test_fast_cross_entropy_gives_each_models_loss_and_gradients(name):
+    """Catches a model whose cross-entropy does not take the fast path (a
+    loss built after use_fast_layers, a contrastive loss that ignores the
+    switch), a switch that does not switch, and a fast path that changes the
+    loss or any parameter's gradient (same weights, same seed, dropout on)."""
+    fast = make_model(name, dropout=0.2)
+    slow = make_model(name, dropout=0.2, fast_cross_entropy=False)
+    slow.load_state_dict(fast.state_dict())
+    assert any(isinstance(m, CrossEntropyLoss) for m in fast.modules())
+    assert not any(isinstance(m, CrossEntropyLoss) for m in slow.modules())
+    batch = _training_batch(name)
+    calls = []
+    original = fast_layers._SoftmaxCrossEntropy.apply
+    losses = []
+    for model in (fast, slow):
+        model.train()
+        torch.manual_seed(3)
+        fast_layers._SoftmaxCrossEntropy.apply = lambda *a: (
+            calls.append(1) or original(*a)
+        )
+        try:
+            loss = model.calculate_loss(batch)
+        finally:
+            fast_layers._SoftmaxCrossEntropy.apply = original
+        loss = sum(loss) if isinstance(loss, tuple) else loss
+        loss.backward()
+        losses.append(loss.detach())
+        if model is fast:
+            fast_calls, calls[:] = len(calls), []
+    assert fast_calls >= (2 if name == "DuoRec" else 1) and not calls
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-6)
+    for (key, a), (_, b) in zip(fast.named_parameters(), slow.named_parameters()):
+        assert (a.grad is None) == (b.grad is None), key
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+
+
 def _with_torch_layers(model, gelu):
     """``model`` with torch's dropout put back (and, with ``gelu``, the
     original GELU forms): the slow side of a comparison."""
@@ -337,6 +461,7 @@ def test_switches_are_refused_when_not_booleans(tiny_config):
         "detect_anomaly",
         "step_embedding_table",
         "fused_qkv",
+        "fast_cross_entropy",
     ):
         build_config("DiffuRec", "tiny", config_dict={**tiny_config, key: False})
         with pytest.raises(ValueError, match=key):

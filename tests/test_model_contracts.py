@@ -68,7 +68,7 @@ class TrainingRows(UnitDataset):
     inter_feat = make_batch()
 
 
-def make_model(name, dropout, seed=0):
+def make_model(name, dropout, seed=0, **settings_overrides):
     model_class, props, dropout_keys = MODELS[name]
     settings = {
         "hidden_size": 16,
@@ -79,6 +79,7 @@ def make_model(name, dropout, seed=0):
         "MAX_ITEM_LIST_LENGTH": WIDTH,
     }
     settings.update({key: dropout for key in dropout_keys})
+    settings.update(settings_overrides)
     torch.manual_seed(seed)
     return model_class(unit_config(props, **settings), TrainingRows())
 

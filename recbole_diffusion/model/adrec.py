@@ -449,8 +449,9 @@ class ADRec(SequentialRecommender):
         # parameters initialization
         self.apply(self._init_weights)
 
-        # cheaper dropout masks and GELU on the CPU, same maths (fast_dropout,
-        # fast_gelu; see recbole_diffusion.fast_layers)
+        # cheaper dropout masks, GELU and cross-entropy on the CPU, same maths
+        # (fast_dropout, fast_gelu, fast_cross_entropy; see
+        # recbole_diffusion.fast_layers)
         use_fast_layers(self, config)
         fused_qkv = bool(config_value(config, "fused_qkv", True))
         for module in self.modules():

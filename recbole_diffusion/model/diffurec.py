@@ -274,8 +274,9 @@ class DiffuRec(SequentialRecommender):
         # parameters initialization
         self.apply(self._init_weights)
 
-        # cheaper dropout masks and GELU on the CPU, same maths (fast_dropout,
-        # fast_gelu; see recbole_diffusion.fast_layers)
+        # cheaper dropout masks, GELU and cross-entropy on the CPU, same maths
+        # (fast_dropout, fast_gelu, fast_cross_entropy; see
+        # recbole_diffusion.fast_layers)
         use_fast_layers(self, config)
 
     def _init_weights(self, module):

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.sequential_recommender.sasrec import SASRec
 
-from recbole_diffusion.fast_layers import use_fast_layers
+from recbole_diffusion.fast_layers import cross_entropy, use_fast_layers
 from recbole_diffusion.utils import (
     ConfigError,
     check_choice,
@@ -97,6 +97,10 @@ class DuoRec(SASRec):
     ``train_data._dataset``): the supervised positives are drawn from its rows,
     and a dataset holding validation or test rows would leak their targets.
     """
+
+    # set by use_fast_layers (config fast_cross_entropy): the contrastive
+    # loss's cross-entropy through fast_layers.cross_entropy
+    fast_cross_entropy = True
 
     @classmethod
     def validate_config(cls, config):
@@ -149,8 +153,9 @@ class DuoRec(SASRec):
         self.register_buffer("same_target_seqs", seqs, persistent=False)  # [R L]
         self.register_buffer("same_target_lengths", lengths, persistent=False)
 
-        # cheaper dropout masks and GELU on the CPU, same maths (fast_dropout,
-        # fast_gelu; see recbole_diffusion.fast_layers)
+        # cheaper dropout masks, GELU and cross-entropy on the CPU, same maths
+        # (fast_dropout, fast_gelu, fast_cross_entropy; see
+        # recbole_diffusion.fast_layers)
         use_fast_layers(self, config)
 
     # ------------------------------------------------------------------ #
@@ -279,7 +284,7 @@ class DuoRec(SASRec):
         logits = logits.masked_fill(self_pair, float("-inf"))
         arange = torch.arange(batch_size, device=z.device)
         labels = torch.cat([arange + batch_size, arange])  # [2B] partner index
-        return F.cross_entropy(logits, labels)
+        return cross_entropy(logits, labels, fast=self.fast_cross_entropy)
 
     def calculate_loss(self, interaction):
         item_seq = interaction[self.ITEM_SEQ]  # [B L]
