@@ -509,21 +509,22 @@ def test_fast_info_nce_gives_the_cross_entropy_forms_loss_and_gradients(tau):
 
 def test_fast_nt_xent_per_token_losses_and_gradients():
     """Catches a partner correction that assumes every token's loss has the
-    same weight (info_nce averages them, so only a per-token weight shows it)."""
-    from recbole_diffusion.model.cddrec import _NTXent
+    same weight (info_nce averages them, so only a per-token weight shows it),
+    a self-pair left in, a wrong partner."""
+    from recbole_diffusion.model.nt_xent import nt_xent
 
     torch.manual_seed(5)
-    raw = torch.randn(2, 8, 4, dtype=torch.float64, requires_grad=True)
-    weights = torch.rand(2, 8, dtype=torch.float64)
+    raw = torch.randn(2, 10, 4, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(2, 10, dtype=torch.float64)
     tokens = F.normalize(raw, dim=-1)
-    fast = _NTXent.apply(tokens, 0.3)
+    fast = nt_xent(tokens, 0.3)
     logits = tokens @ tokens.transpose(1, 2) / 0.3
-    logits = logits.masked_fill(torch.eye(8, dtype=torch.bool), float("-inf"))
-    partner = torch.tensor([4, 5, 6, 7, 0, 1, 2, 3]).repeat(2)
-    slow = F.cross_entropy(logits.reshape(16, 8), partner, reduction="none")
-    torch.testing.assert_close(fast, slow.view(2, 8), rtol=0, atol=1e-12)
+    logits = logits.masked_fill(torch.eye(10, dtype=torch.bool), float("-inf"))
+    partner = ((torch.arange(10) + 5) % 10).repeat(2)
+    slow = F.cross_entropy(logits.reshape(20, 10), partner, reduction="none")
+    torch.testing.assert_close(fast, slow.view(2, 10), rtol=0, atol=1e-12)
     (fast_grad,) = torch.autograd.grad((fast * weights).sum(), raw, retain_graph=True)
-    (slow_grad,) = torch.autograd.grad((slow.view(2, 8) * weights).sum(), raw)
+    (slow_grad,) = torch.autograd.grad((slow.view(2, 10) * weights).sum(), raw)
     torch.testing.assert_close(fast_grad, slow_grad, rtol=0, atol=1e-12)
 
 

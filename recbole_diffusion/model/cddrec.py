@@ -152,6 +152,7 @@ from recbole_diffusion.diffusion import (
     get_beta_schedule,
 )
 from recbole_diffusion.fast_layers import use_fast_layers
+from recbole_diffusion.model.nt_xent import FAST_NT_XENT_SPAN, nt_xent
 from recbole_diffusion.utils import (
     ConfigError,
     check_choice,
@@ -281,63 +282,6 @@ class CrossAttentiveDecoder(nn.Module):
             return output  # [B S L H]
         probs = result[1].view(batch, length, *result[1].shape[1:])  # [B Lq S h Lk]
         return output, probs.permute(0, 2, 3, 1, 4)  # [B S h Lq Lk]
-
-
-# The fast NT-Xent shifts every logit by 1 / tau, the largest a cosine over
-# tau can be; a token's logits then lie in [-2 / tau, 0] after the shift
-# (cosines in [-1, 1]), so exp cannot underflow while 2 / tau stays well under
-# float32's 87 (exp(-60) is about 1e-26, a normal float).
-_FAST_NT_XENT_SPAN = 60.0
-
-
-class _NTXent(torch.autograd.Function):
-    """NT-Xent of unit tokens [S M H] (token k's partner is k +- M/2), per token.
-
-    The same loss as ``F.cross_entropy`` over the logits ``T T^T / tau`` with
-    the diagonal at -inf, in fewer passes over the [S M M] matrix (which at
-    the ``cpu`` protocol's batch is 29 MB, so every pass goes to memory): the
-    matrix product of ``T / tau`` and ``T`` gives the logits without a
-    division pass; one in-place exponential of the logits shifted by the
-    constant ``1 / tau`` (no pass for a maximum, see ``_FAST_NT_XENT_SPAN``)
-    serves the loss and the backward pass, which uses
-    ``d T = (dL + dL^T) T / tau`` with ``dL = diag(g / s) E - g`` at the
-    partners, as one product of ``E`` with ``[T, (g / s) T]`` (``E`` read
-    once) and no [S M M] gradient. In float64 it matches the cross-entropy
-    form to 1e-12 (a test checks it).
-    """
-
-    @staticmethod
-    def forward(ctx, tokens, tau):
-        half = tokens.shape[1] // 2
-        logits = torch.bmm(tokens / tau, tokens.transpose(1, 2))  # [S M M]
-        # each token's positive logit, read off the matrix: (k, k + M/2) lie
-        # on the diagonal at offset M/2, (k + M/2, k) at -M/2 (cat copies them
-        # before the matrix is overwritten)
-        positive = torch.cat(
-            [logits.diagonal(half, 1, 2), logits.diagonal(-half, 1, 2)], dim=1
-        )  # [S M]
-        logits.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # no self-pairs
-        shift = 1.0 / tau  # the largest logit a unit token can have
-        exps = logits.sub_(shift).exp_()  # in place: the logits are not kept
-        sums = exps.sum(dim=-1)  # [S M]
-        ctx.save_for_backward(tokens, exps, sums)
-        ctx.tau = tau
-        return sums.log() + shift - positive  # [S M]
-
-    @staticmethod
-    def backward(ctx, grad):
-        tokens, exps, sums = ctx.saved_tensors
-        half, hidden = tokens.shape[1] // 2, tokens.shape[2]
-        rate = (grad / sums).unsqueeze(-1) / ctx.tau  # [S M 1], 1 / tau folded in
-        # E T and E (rate T) in one product: E (29 MB at the cpu protocol)
-        # is read once
-        products = torch.bmm(exps, torch.cat([tokens, rate * tokens], dim=-1))
-        result = torch.addcmul(products[..., hidden:], rate, products[..., :hidden])
-        # the positive logits' part: each token's partner, with both losses'
-        # weights (rolling by M/2 swaps the two halves)
-        pair_grad = (grad + grad.roll(half, dims=1)).unsqueeze(-1)  # [S M 1]
-        result.addcmul_(pair_grad, tokens.roll(half, dims=1), value=-1.0 / ctx.tau)
-        return result, None
 
 
 class CDDRec(SequentialRecommender):
@@ -660,8 +604,8 @@ class CDDRec(SequentialRecommender):
         if n_tokens == 0:
             return view_a.new_zeros(n_steps)
         tokens = F.normalize(torch.cat([view_a, view_b], dim=1), dim=-1)  # [S 2N H]
-        if self.fast_info_nce and 2.0 / self.tau <= _FAST_NT_XENT_SPAN:
-            return _NTXent.apply(tokens, self.tau).mean(dim=1)
+        if self.fast_info_nce and 2.0 / self.tau <= FAST_NT_XENT_SPAN:
+            return nt_xent(tokens, self.tau).mean(dim=1)
         # 1 / tau on one side: the [S 2N 2N] logits need no extra pass.
         logits = torch.bmm(tokens / self.tau, tokens.transpose(1, 2))  # [S 2N 2N]
         logits.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # no self-pairs
