@@ -238,15 +238,17 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
 
 def cross_entropy(logits, targets, fast=True):
     """``F.cross_entropy(logits, targets)`` (mean); with ``fast``, on the CPU in
-    float32/float64 with [R N] logits, through the kept softmax (see module)."""
+    float32/float64 with [R N] logits and R int64 class indices, through the
+    kept softmax (see module). Anything else is torch's loss (and its errors).
+    """
     if (
         fast
         and logits.device.type == "cpu"
         and logits.dtype in (torch.float32, torch.float64)
         and logits.dim() == 2
         and targets.dim() == 1
-        and not targets.is_floating_point()
-        and logits.shape[0] > 0
+        and targets.dtype == torch.int64
+        and targets.shape[0] == logits.shape[0] > 0
     ):
         return _SoftmaxCrossEntropy.apply(logits, targets)
     return F.cross_entropy(logits, targets)
@@ -301,6 +303,12 @@ def attention(
             is_causal=is_causal,
         )
     scale = query.shape[-1] ** -0.5
+    if is_causal and query.shape[:-2] != key.shape[:-2]:
+        # broadcast batch dimensions: the boolean mask below handles them
+        attn_mask = torch.ones(
+            query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device
+        ).tril_()
+        is_causal = False
     if is_causal:
         # the mask as an additive bias in the scores' product: one operation
         # for product, scale and mask (each a pass, and a backward node)

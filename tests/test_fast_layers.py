@@ -4,6 +4,7 @@ Each fast path is checked against an independent value (a closed form, torch's
 own layer, a binomial bound), not against its own formula.
 """
 
+import contextlib
 import importlib
 import math
 import subprocess
@@ -268,6 +269,104 @@ def test_fast_cross_entropy_refuses_a_second_backward_and_hands_other_cases_to_t
         for leaf in [half.clone().requires_grad_()]
     ]
     assert torch.equal(*gradients)
+
+
+def _fast_path_calls(monkeypatch):
+    calls = []
+    original = fast_layers._SoftmaxCrossEntropy.apply
+    monkeypatch.setattr(
+        fast_layers._SoftmaxCrossEntropy,
+        "apply",
+        lambda *args: calls.append(1) or original(*args),
+    )
+    return calls
+
+
+@pytest.mark.parametrize(
+    "logits, targets",
+    [
+        (torch.randn(4, 5).half(), torch.arange(4)),  # half precision
+        (torch.randn(4, 5).bfloat16(), torch.arange(4)),
+        (
+            torch.randn(4, 5, device="meta"),
+            torch.zeros(4, dtype=torch.long, device="meta"),
+        ),
+        (torch.randn(4, 5), torch.arange(4, dtype=torch.int32)),  # torch refuses int32
+        (torch.randn(5, 7), torch.tensor([2])),  # one target for five rows
+    ],
+    ids=["float16", "bfloat16", "not-cpu", "int32-targets", "fewer-targets"],
+)
+def test_fast_cross_entropy_leaves_unsupported_inputs_to_torch(
+    logits, targets, monkeypatch
+):
+    """Catches the kept softmax taken in half precision (autocast), off the
+    CPU, or for targets torch refuses (a single target would broadcast over
+    every row and give a loss where torch raises)."""
+    calls = _fast_path_calls(monkeypatch)
+    # torch's own error where torch refuses the input
+    with contextlib.suppress(ValueError, RuntimeError):
+        cross_entropy(logits, targets)
+    assert not calls
+    with pytest.raises((ValueError, RuntimeError)):
+        cross_entropy(torch.randn(5, 7), torch.tensor([2]))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"ignore_index": 0},
+        {"weight": torch.ones(5)},
+        {"label_smoothing": 0.1},
+        {"reduction": "sum"},
+    ],
+    ids=["ignore_index", "weight", "label_smoothing", "sum"],
+)
+def test_losses_with_other_settings_keep_torchs_cross_entropy(settings):
+    """Catches use_fast_layers swapping a loss whose settings the kept
+    softmax does not implement (it would silently drop them)."""
+    holder = torch.nn.Module()
+    holder.loss = torch.nn.CrossEntropyLoss(**settings)
+    use_fast_layers(holder, {})
+    assert type(holder.loss) is torch.nn.CrossEntropyLoss
+    plain = torch.nn.Module()
+    plain.loss = torch.nn.CrossEntropyLoss()
+    assert use_fast_layers(plain, {}) == 1 and isinstance(plain.loss, CrossEntropyLoss)
+
+
+def _causal_attention_against_sdpa(monkeypatch, query, key, value):
+    monkeypatch.setattr(fast_layers, "fast_dropout", lambda x, p, training=True: x)
+    got = attention(query, key, value, dropout_p=0.1, fast=True, is_causal=True)
+    expected = F.scaled_dot_product_attention(query, key, value, is_causal=True)
+    torch.testing.assert_close(got, expected)
+
+
+def test_causal_attention_bias_per_length_pair_and_dtype(monkeypatch):
+    """Catches a cached causal bias reused for another query length, key
+    length or dtype, a bias aligned bottom-right instead of SDPA's top-left,
+    a large negative number instead of -inf (queries aimed away from the
+    allowed keys), and broadcast batch dimensions that break the batched
+    product."""
+    monkeypatch.setattr(fast_layers, "_causal_biases", {})
+    generator = torch.Generator().manual_seed(0)
+    for length, key_length, dtype in [
+        (4, 4, torch.float32),
+        (4, 4, torch.float64),
+        (4, 6, torch.float32),
+        (6, 4, torch.float32),
+        (3, 6, torch.float32),
+        (6, 6, torch.float32),
+    ]:
+        query = torch.randn(2, 2, length, 8, generator=generator, dtype=dtype)
+        key = torch.randn(2, 2, key_length, 8, generator=generator, dtype=dtype)
+        value = torch.randn(2, 2, key_length, 8, generator=generator, dtype=dtype)
+        _causal_attention_against_sdpa(monkeypatch, query, key, value)
+    query = 20 * torch.randn(1, 1, 5, 8, generator=generator)
+    _causal_attention_against_sdpa(
+        monkeypatch, query, -query, torch.randn(1, 1, 5, 8, generator=generator)
+    )
+    query = torch.randn(2, 2, 5, 8, generator=generator)
+    key, value = (torch.randn(2, 1, 5, 8, generator=generator) for _ in range(2))
+    _causal_attention_against_sdpa(monkeypatch, query, key, value)
 
 
 def _training_batch(name):
