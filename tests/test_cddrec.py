@@ -1,5 +1,6 @@
 """CDDRec: decoder masks, batch independence, losses, negatives, augmentations, runs."""
 
+import copy
 import math
 import re
 
@@ -829,3 +830,96 @@ def test_learns_a_task_that_needs_more_than_the_last_item(recall_data_path, tmp_
     assert before["hit@10"] < 0.4
     assert after["hit@10"] > 0.7
     assert after["ndcg@10"] > before["ndcg@10"] + 0.3
+
+
+def _nt_xent_reference(raw, tau):
+    """Per-token NT-Xent by the cross-entropy form, [S M]."""
+    tokens = F.normalize(raw, dim=-1)
+    steps, count, _ = tokens.shape
+    logits = tokens @ tokens.transpose(1, 2) / tau
+    logits = logits.masked_fill(torch.eye(count, dtype=torch.bool), float("-inf"))
+    partner = ((torch.arange(count) + count // 2) % count).repeat(steps)
+    losses = F.cross_entropy(logits.reshape(-1, count), partner, reduction="none")
+    return losses.view(steps, count)
+
+
+def test_nt_xent_workspace_reuses_memory_and_keeps_results(monkeypatch):
+    """Catches a reused buffer whose stale contents leak into the result (a
+    view of the wrong size or stride, a pass skipped on part of it), a
+    workspace that never reuses (the page faults it exists to avoid), and
+    two live graphs handed the same buffer (in_view and cross_view of one
+    step)."""
+    from recbole_diffusion.model import nt_xent as module
+
+    monkeypatch.setattr(module, "POOL_MIN_BYTES", 0)  # pool these tiny matrices
+    workspace = module.Workspace()
+    torch.manual_seed(6)
+    # a large call, a smaller one (reusing the large buffer), two live at once
+    shapes = [(2, 12, 4), (2, 8, 4), (3, 10, 4), (3, 6, 4), (3, 12, 4)]
+    raws = [
+        torch.randn(shape, dtype=torch.float64, requires_grad=True) for shape in shapes
+    ]
+    weights = [torch.rand(shape[:2], dtype=torch.float64) for shape in shapes]
+
+    first = module.nt_xent(F.normalize(raws[0], dim=-1), 0.3, workspace)
+    (first * weights[0]).sum().backward()
+    kept = list(workspace._free)
+    assert len(kept) == 1
+    second = module.nt_xent(F.normalize(raws[1], dim=-1), 0.3, workspace)
+    assert workspace._free == []  # the kept buffer is in use again
+    exps = second.grad_fn.saved_tensors[1]  # E, computed into that buffer
+    assert exps.data_ptr() == kept[0].data_ptr()
+    (second * weights[1]).sum().backward()
+    assert workspace._free[0] is kept[0]
+    # two graphs alive at once get two buffers
+    third = module.nt_xent(F.normalize(raws[2], dim=-1), 0.3, workspace)
+    fourth = module.nt_xent(F.normalize(raws[3], dim=-1), 0.3, workspace)
+    ((third * weights[2]).sum() + (fourth * weights[3]).sum()).backward()
+    assert len(workspace._free) == 2
+    # larger than both kept buffers: a new one, the smallest dropped
+    fifth = module.nt_xent(F.normalize(raws[4], dim=-1), 0.3, workspace)
+    (fifth * weights[4]).sum().backward()
+    assert len(workspace._free) == 2
+    assert min(buffer.numel() for buffer in workspace._free) >= 3 * 10 * 10
+
+    for raw, weight, fast in zip(raws, weights, (first, second, third, fourth, fifth)):
+        reference_raw = raw.detach().clone().requires_grad_()
+        slow = _nt_xent_reference(reference_raw, 0.3)
+        (slow * weight).sum().backward()
+        torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
+        torch.testing.assert_close(raw.grad, reference_raw.grad, rtol=0, atol=1e-12)
+
+
+def test_nt_xent_workspace_refuses_a_second_backward(monkeypatch):
+    """Catches gradients computed from a matrix that went back to the
+    workspace (and may hold another call's values)."""
+    from recbole_diffusion.model import nt_xent as module
+
+    monkeypatch.setattr(module, "POOL_MIN_BYTES", 0)
+    raw = torch.randn(2, 6, 3, requires_grad=True)
+    loss = module.nt_xent(F.normalize(raw, dim=-1), 0.5, module.Workspace()).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()
+    # without a workspace (or below its size) the graph stays reusable
+    loss = module.nt_xent(F.normalize(raw, dim=-1), 0.5).sum()
+    loss.backward(retain_graph=True)
+    loss.backward()
+
+
+def test_cddrec_workspace_is_emptied_for_evaluation_and_not_copied(monkeypatch):
+    """Catches gigabytes of NT-Xent buffers held through evaluation, and a
+    deep copy of the model (RecBole's and the tuners' copies) duplicating or
+    sharing them."""
+    from recbole_diffusion.model import nt_xent as module
+
+    monkeypatch.setattr(module, "POOL_MIN_BYTES", 0)
+    model = make_model(seed=3)
+    model.train()
+    model.calculate_loss(make_batch()).backward()
+    assert model.nt_xent_workspace.kept_bytes > 0
+    copied = copy.deepcopy(model)
+    assert copied.nt_xent_workspace is not model.nt_xent_workspace
+    assert copied.nt_xent_workspace.kept_bytes == 0
+    model.eval()
+    assert model.nt_xent_workspace.kept_bytes == 0

@@ -152,7 +152,7 @@ from recbole_diffusion.diffusion import (
     get_beta_schedule,
 )
 from recbole_diffusion.fast_layers import use_fast_layers
-from recbole_diffusion.model.nt_xent import FAST_NT_XENT_SPAN, nt_xent
+from recbole_diffusion.model.nt_xent import FAST_NT_XENT_SPAN, Workspace, nt_xent
 from recbole_diffusion.utils import (
     ConfigError,
     check_choice,
@@ -364,6 +364,8 @@ class CDDRec(SequentialRecommender):
         # NT-Xent in fewer passes (same loss; fast_info_nce: False keeps the
         # cross-entropy form)
         self.fast_info_nce = bool(config_value(config, "fast_info_nce", True))
+        # its [S 2N 2N] matrices, reused from step to step (emptied in eval)
+        self.nt_xent_workspace = Workspace()
         self.TARGET_SEQ = TARGET_LIST_PREFIX + self.ITEM_SEQ
         # The augmentation's mask token: an id past the item table, embedded by
         # its own vector, so it is never ranked.
@@ -415,6 +417,12 @@ class CDDRec(SequentialRecommender):
         # cheaper dropout masks and GELU on the CPU, same maths (fast_dropout,
         # fast_gelu; see recbole_diffusion.fast_layers)
         use_fast_layers(self, config)
+
+    def train(self, mode=True):
+        if not mode:
+            # evaluation computes no NT-Xent: its memory is free for scoring
+            self.nt_xent_workspace.clear()
+        return super().train(mode)
 
     def _init_weights(self, module):
         """N(0, initializer_range) weights, zero biases, unit LayerNorms."""
@@ -605,7 +613,7 @@ class CDDRec(SequentialRecommender):
             return view_a.new_zeros(n_steps)
         tokens = F.normalize(torch.cat([view_a, view_b], dim=1), dim=-1)  # [S 2N H]
         if self.fast_info_nce and 2.0 / self.tau <= FAST_NT_XENT_SPAN:
-            return nt_xent(tokens, self.tau).mean(dim=1)
+            return nt_xent(tokens, self.tau, self.nt_xent_workspace).mean(dim=1)
         # 1 / tau on one side: the [S 2N 2N] logits need no extra pass.
         logits = torch.bmm(tokens / self.tau, tokens.transpose(1, 2))  # [S 2N 2N]
         logits.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # no self-pairs

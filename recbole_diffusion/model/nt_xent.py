@@ -25,16 +25,26 @@ Deviations:
       (CDDRec takes the cross-entropy form otherwise) because the shift is the
       constant ``1 / tau``, not each row's maximum.
 
-At the ``converged`` protocol's batch (128 sequences, about 4,600 tokens,
-``E`` 1.7 GB over the 20 steps) computing ``E`` in cache-sized blocks of
-rows, with 2 MiB pages for its memory, was tried: within the noise of a
-shared 2-core machine (3.9 against 4.5 s for the forward of a [20 4634
-4634] matrix, training steps 11-18 s either way), so it was left out.
+Memory. At the ``converged`` protocol's batch (128 sequences, about 4,600
+tokens) ``E`` is [20 4634 4634], 1.7 GB, and a step computes two. Fresh
+memory of that size comes from ``mmap`` (glibc keeps no freed block above
+32 MiB), and touching it anew costs a page fault every 4 KiB: the product
+into a fresh tensor took 4.4 s of CPU against 1.3 s into a reused one, and
+the faults were 2.5 s of system time in each 8.9 s CDDRec step (measured,
+one thread). A :class:`Workspace` therefore keeps these matrices: the
+forward pass takes one, the backward pass gives it back, and the next step
+reuses it. CDDRec empties its workspace when it is put in ``eval`` mode,
+so evaluation gets the memory.
+
+Computing ``E`` in cache-sized blocks of rows, with 2 MiB pages for its
+memory, was tried before the workspace: within the noise of a shared
+2-core machine (3.9 against 4.5 s for the forward of a [20 4634 4634]
+matrix, training steps 11-18 s either way), so it was left out.
 """
 
 import torch
 
-__all__ = ["FAST_NT_XENT_SPAN", "nt_xent"]
+__all__ = ["FAST_NT_XENT_SPAN", "POOL_MIN_BYTES", "Workspace", "nt_xent"]
 
 # The logits are shifted by 1 / tau, the largest a cosine over tau can be; a
 # token's logits then lie in [-2 / tau, 0] after the shift (cosines in
@@ -44,10 +54,72 @@ __all__ = ["FAST_NT_XENT_SPAN", "nt_xent"]
 FAST_NT_XENT_SPAN = 60.0
 
 
-def _exponentials(tokens, tau, shift):
-    """(E [S M M], sums [S M], positive logits [S M]) in one batched product."""
+# Matrices from this size on are kept in a Workspace: below it, glibc's heap
+# keeps freed memory (recbole_diffusion.allocator raises its mmap threshold
+# to this maximum), so a fresh tensor costs no page faults.
+POOL_MIN_BYTES = 32 * 2**20
+# room for the next batch's slightly larger matrix in the same buffer
+_HEADROOM = 1.125
+
+
+class Workspace:
+    """Buffers for the [S M M] exponentials, reused from step to step (CPU).
+
+    :meth:`take` hands out a buffer no one holds (a new one if none is large
+    enough); :meth:`give_back` returns it once its backward pass is done. At
+    most ``max_free`` buffers are kept, the largest. Copies and pickles of a
+    workspace are empty: the buffers are scratch memory, not state.
+    """
+
+    def __init__(self, max_free=2):
+        self.max_free = max_free
+        self._free = []  # flat tensors nobody holds
+
+    def take(self, shape, dtype, device):
+        """``(buffer, view)``: ``view`` of ``shape`` on a flat ``buffer``;
+        ``buffer`` is None where the matrix is not pooled (then ``view`` is a
+        fresh tensor)."""
+        numel = 1
+        for size in shape:
+            numel *= size
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if device.type != "cpu" or numel * itemsize < POOL_MIN_BYTES:
+            return None, torch.empty(shape, dtype=dtype, device=device)
+        fitting = [
+            buffer
+            for buffer in self._free
+            if buffer.dtype == dtype and buffer.numel() >= numel
+        ]
+        if fitting:
+            buffer = min(fitting, key=torch.Tensor.numel)
+            self._free = [free for free in self._free if free is not buffer]
+        else:
+            buffer = torch.empty(int(numel * _HEADROOM), dtype=dtype, device=device)
+        return buffer, buffer[:numel].view(shape)
+
+    def give_back(self, buffer):
+        """Return a buffer from :meth:`take`; its contents may be overwritten."""
+        self._free.append(buffer)
+        if len(self._free) > self.max_free:
+            self._free.remove(min(self._free, key=torch.Tensor.numel))
+
+    def clear(self):
+        """Drop every kept buffer (their memory goes back to the system)."""
+        self._free = []
+
+    @property
+    def kept_bytes(self):
+        return sum(buffer.numel() * buffer.element_size() for buffer in self._free)
+
+    def __getstate__(self):  # copy.deepcopy and pickle
+        return {"max_free": self.max_free, "_free": []}
+
+
+def _exponentials(tokens, tau, shift, out):
+    """(E [S M M], sums [S M], positive logits [S M]) in one batched product,
+    ``E`` written into ``out``."""
     half = tokens.shape[1] // 2
-    logits = torch.bmm(tokens / tau, tokens.transpose(1, 2))  # [S M M]
+    logits = torch.bmm(tokens / tau, tokens.transpose(1, 2), out=out)  # [S M M]
     # each token's positive logit, read off the matrix: (k, k + M/2) lie
     # on the diagonal at offset M/2, (k + M/2, k) at -M/2 (cat copies them
     # before the matrix is overwritten)
@@ -63,15 +135,28 @@ class _NTXent(torch.autograd.Function):
     """NT-Xent of unit tokens [S M H] (token k's partner is k +- M/2), per token."""
 
     @staticmethod
-    def forward(ctx, tokens, tau):
+    def forward(ctx, tokens, tau, workspace):
         shift = 1.0 / tau  # the largest logit a unit token can have
-        exps, sums, positive = _exponentials(tokens, tau, shift)
+        steps, count, _ = tokens.shape
+        buffer, out = (None, None)
+        if workspace is not None:
+            buffer, out = workspace.take(
+                (steps, count, count), tokens.dtype, tokens.device
+            )
+        exps, sums, positive = _exponentials(tokens, tau, shift, out)
         ctx.save_for_backward(tokens, exps, sums)
         ctx.tau = tau
+        ctx.workspace, ctx.buffer, ctx.released = workspace, buffer, False
         return sums.log() + shift - positive  # [S M]
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.released:
+            # its buffer went back to the workspace: E may be overwritten
+            raise RuntimeError(
+                "nt_xent: a second backward pass through the same graph is not "
+                "supported (its workspace buffer was reused)"
+            )
         tokens, exps, sums = ctx.saved_tensors
         half, hidden = tokens.shape[1] // 2, tokens.shape[2]
         rate = (grad / sums).unsqueeze(-1) / ctx.tau  # [S M 1], 1 / tau folded in
@@ -82,13 +167,19 @@ class _NTXent(torch.autograd.Function):
         # weights (rolling by M/2 swaps the two halves)
         pair_grad = (grad + grad.roll(half, dims=1)).unsqueeze(-1)  # [S M 1]
         result.addcmul_(pair_grad, tokens.roll(half, dims=1), value=-1.0 / ctx.tau)
-        return result, None
+        if ctx.buffer is not None:
+            del exps, products
+            ctx.workspace.give_back(ctx.buffer)
+            ctx.buffer, ctx.released = None, True
+        return result, None, None
 
 
-def nt_xent(tokens, tau):
+def nt_xent(tokens, tau, workspace=None):
     """NT-Xent per token of unit tokens [S M H] at temperature ``tau`` -> [S M].
 
     Token k's positive is its partner k +- M/2, its negatives the other
     M - 2 tokens of the same step. Needs ``2 / tau <= FAST_NT_XENT_SPAN``.
+    With a :class:`Workspace`, its [S M M] matrix lives in the workspace's
+    memory (reused at the next call), and the graph allows one backward pass.
     """
-    return _NTXent.apply(tokens, tau)
+    return _NTXent.apply(tokens, tau, workspace)
