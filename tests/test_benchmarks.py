@@ -447,3 +447,69 @@ def test_readme_block_is_replaced_between_its_markers_only(tmp_path):
     plain.write_text("nothing to replace\n")
     assert not render.update_readme(plain, "hand", summary, tmp_path)
     assert plain.read_text() == "nothing to replace\n"
+
+
+def _write_raw(path, records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return str(path)
+
+
+def test_compare_arms_is_unpaired_with_known_p_values(tmp_path, capsys):
+    """Catches a paired test (seed s of one setting is unrelated to seed s of
+    the other), a one-sided p, the population instead of the sample standard
+    deviation, failed units counted, and a later file's unit not replacing an
+    earlier one's. Reference values by hand: a = 1, 2, 3 against b = 4, 5, 6
+    gives Welch t = -3 / sqrt(2/3) = -3.674 with 4 degrees of freedom,
+    two-sided p 0.0213; Mann-Whitney U = 0, exact two-sided p 2/20 = 0.1."""
+    from benchmarks import compare_arms
+
+    first = _write_raw(
+        tmp_path / "a1.jsonl",
+        [_unit("CDDRec", 1, 1.0), _unit("CDDRec", 2, 9.0), _unit("SASRec", 1, 7.0)],
+    )
+    second = _write_raw(
+        tmp_path / "a2.jsonl",
+        [
+            _unit("CDDRec", 2, 2.0),
+            _unit("CDDRec", 3, 3.0),
+            _unit("CDDRec", 4, 0.0, "failed"),
+        ],
+    )
+    other = _write_raw(
+        tmp_path / "b.jsonl",
+        # seeds that pair 6-4-5 with the other arm's 1-2-3: a paired test of
+        # these would differ from the unpaired one
+        [_unit("CDDRec", 1, 6.0), _unit("CDDRec", 2, 4.0), _unit("CDDRec", 3, 5.0)],
+    )
+    values_a = compare_arms.arm_values([first, second], "CDDRec", "test:ndcg@10")
+    assert values_a == {1: 1.0, 2: 2.0, 3: 3.0}
+    result = compare_arms.compare(
+        values_a.values(),
+        compare_arms.arm_values([other], "CDDRec", "test:ndcg@10").values(),
+    )
+    assert result["mean"] == (2.0, 5.0)
+    assert result["std"] == (1.0, 1.0)
+    assert result["welch_p"] == pytest.approx(0.02131, abs=5e-5)
+    assert result["mann_whitney_p"] == pytest.approx(0.1)
+
+    assert (
+        compare_arms.main(
+            [
+                "--model=CDDRec",
+                f"--arm-a={first},{second}",
+                f"--arm-b={other}",
+                "--metrics=test:ndcg@10",
+            ]
+        )
+        == 0
+    )
+    row = capsys.readouterr().out.splitlines()[2]
+    assert row.split("|")[1:-1] == [
+        " test:ndcg@10 ", " 3 ", " 2.0000 ± 1.0000 ", " 3 ", " 5.0000 ± 1.0000 ",
+        " -3.0000 ", " 0.021 ", " 0.100 ",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        compare_arms.main(
+            ["--model=CDDRec", "--arm-a=missing.jsonl", f"--arm-b={other}"]
+        )
+    assert exit_info.value.code == 2
