@@ -870,7 +870,8 @@ def test_nt_xent_workspace_reuses_memory_and_keeps_results(monkeypatch):
     exps = second.grad_fn.saved_tensors[1]  # E, computed into that buffer
     assert exps.data_ptr() == kept[0].data_ptr()
     (second * weights[1]).sum().backward()
-    assert workspace._free[0] is kept[0]
+    assert workspace._free[0].data_ptr() == kept[0].data_ptr()
+    assert workspace._free[0].numel() == kept[0].numel()
     # two graphs alive at once get two buffers
     third = module.nt_xent(F.normalize(raws[2], dim=-1), 0.3, workspace)
     fourth = module.nt_xent(F.normalize(raws[3], dim=-1), 0.3, workspace)
@@ -923,3 +924,46 @@ def test_cddrec_workspace_is_emptied_for_evaluation_and_not_copied(monkeypatch):
     assert copied.nt_xent_workspace.kept_bytes == 0
     model.eval()
     assert model.nt_xent_workspace.kept_bytes == 0
+
+
+def test_nt_xent_under_checkpointing_frees_its_matrix_until_backward(monkeypatch):
+    """Catches the graph holding the workspace buffer itself (not only the
+    saved E): under activation checkpointing (CDDRec's step_chunk_size) every
+    chunk's E would then stay alive until backward, the memory that
+    checkpointing exists to save. The gradients must still be the plain
+    call's."""
+    import gc
+    import weakref
+
+    from torch.utils.checkpoint import checkpoint
+
+    from recbole_diffusion.model import nt_xent as module
+
+    monkeypatch.setattr(module, "POOL_MIN_BYTES", 0)
+    handed_out = []
+    original_take = module.Workspace.take
+
+    def recording_take(self, shape, dtype, device):
+        buffer, view = original_take(self, shape, dtype, device)
+        handed_out.append(weakref.ref(buffer))
+        return buffer, view
+
+    monkeypatch.setattr(module.Workspace, "take", recording_take)
+    workspace = module.Workspace()
+    torch.manual_seed(8)
+    raw = torch.randn(2, 8, 4, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(2, 8, dtype=torch.float64)
+
+    def loss_of(tokens):
+        return (
+            module.nt_xent(F.normalize(tokens, dim=-1), 0.4, workspace) * weights
+        ).sum()
+
+    loss = checkpoint(loss_of, raw, use_reentrant=False)
+    gc.collect()
+    assert len(handed_out) == 1 and handed_out[0]() is None  # freed after forward
+    loss.backward()  # recomputes: a second buffer, given back after backward
+    assert len(handed_out) == 2 and len(workspace._free) == 1
+    reference = raw.detach().clone().requires_grad_()
+    (_nt_xent_reference(reference, 0.4) * weights).sum().backward()
+    torch.testing.assert_close(raw.grad, reference.grad, rtol=0, atol=1e-12)

@@ -146,7 +146,9 @@ class _NTXent(torch.autograd.Function):
         exps, sums, positive = _exponentials(tokens, tau, shift, out)
         ctx.save_for_backward(tokens, exps, sums)
         ctx.tau = tau
-        ctx.workspace, ctx.buffer, ctx.released = workspace, buffer, False
+        # not the buffer itself: under activation checkpointing this graph
+        # must not keep E alive (backward finds it through the saved E)
+        ctx.workspace, ctx.pooled, ctx.released = workspace, buffer is not None, False
         return sums.log() + shift - positive  # [S M]
 
     @staticmethod
@@ -167,10 +169,12 @@ class _NTXent(torch.autograd.Function):
         # weights (rolling by M/2 swaps the two halves)
         pair_grad = (grad + grad.roll(half, dims=1)).unsqueeze(-1)  # [S M 1]
         result.addcmul_(pair_grad, tokens.roll(half, dims=1), value=-1.0 / ctx.tau)
-        if ctx.buffer is not None:
+        if ctx.pooled:
+            # the whole flat buffer that E is a view of
+            buffer = exps.new_empty(0).set_(exps.untyped_storage())
             del exps, products
-            ctx.workspace.give_back(ctx.buffer)
-            ctx.buffer, ctx.released = None, True
+            ctx.workspace.give_back(buffer)
+            ctx.released = True
         return result, None, None
 
 
