@@ -3,8 +3,11 @@ their records and their progress files.
 
 A unit whose resume state exists in the checkpoint folder was interrupted
 (a crash, a timeout, a killed process): it is run again and continues from
-its last epoch (see ``benchmarks/unit_state.py``). A unit that finished (ok,
-diverged or failed) has its resume state and progress file removed.
+its last epoch (see ``benchmarks/unit_state.py``). A unit that finished (ok
+or diverged) has its resume state and progress file removed. A failed unit
+(an error in training: a bug, a full disk) keeps its resume state: a plain
+rerun skips it, and ``--retry-failed`` continues it from its last epoch once
+the cause is fixed, instead of training it again from the start.
 """
 
 import json
@@ -114,8 +117,12 @@ def plan_units(
             interrupted = checkpoint_dir is not None and _has_resume_state(
                 checkpoint_dir, unit
             )
+            # a failed unit's kept resume state waits for --retry-failed
+            resumable = (
+                interrupted and prior is not None and prior.get("status") != FAILED
+            )
             finished = same and (
-                prior.get("status") == OK or not (retry_failed or interrupted)
+                prior.get("status") == OK or not (retry_failed or resumable)
             )
             (skipped if finished else to_run).append(unit)
     return to_run, skipped
@@ -183,9 +190,13 @@ def run_units(
         result["exit_code"] = code
         result["log"] = _relative(log_path)
         append_raw(path, result)
-        if result["status"] in (OK, DIVERGED, FAILED):
+        if result["status"] in (OK, DIVERGED):
             # finished for good: a rerun starts afresh only with --retry-failed
             _unit_files_done(spec)
+        elif result["status"] == FAILED:
+            # the resume state stays for --retry-failed; the page lists the
+            # unit as failed, not as running
+            Path(spec["progress_file"]).unlink(missing_ok=True)
         counts["run"] += 1
         if result["status"] == OK:
             counts["ok"] += 1

@@ -33,6 +33,8 @@ import torch
 from recbole_diffusion.trainer.checkpoint import load_checkpoint
 
 __all__ = [
+    "FAIL_ENV",
+    "INTERRUPT_ENV",
     "STATE_FORMAT",
     "ResumableTrainerMixin",
     "load_resume_state",
@@ -43,6 +45,9 @@ STATE_FORMAT = 1
 # Test hook: the child kills itself (SIGKILL) right after saving the resume
 # state of this many trained epochs, as a time limit or a restart would.
 INTERRUPT_ENV = "RECBOLE_DIFFUSION_BENCH_INTERRUPT_AFTER_EPOCHS"
+# Test hook: training raises an error right after saving the resume state of
+# this many trained epochs, as a bug or a full disk would (the unit fails).
+FAIL_ENV = "RECBOLE_DIFFUSION_BENCH_FAIL_AFTER_EPOCHS"
 
 
 def unit_file_stem(spec):
@@ -214,6 +219,9 @@ class ResumableTrainerMixin:
         interrupt_after = os.environ.get(INTERRUPT_ENV)
         if interrupt_after and len(self.bench_epoch_seconds) == int(interrupt_after):
             os.kill(os.getpid(), 9)
+        fail_after = os.environ.get(FAIL_ENV)
+        if fail_after and len(self.bench_epoch_seconds) == int(fail_after):
+            raise RuntimeError(f"{FAIL_ENV}={fail_after}: failing on purpose")
 
     def _bench_write_progress(self, epoch_idx, stage):
         if not self.bench_progress_file:

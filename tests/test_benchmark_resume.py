@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.unit_state import INTERRUPT_ENV  # noqa: E402
+from benchmarks.unit_state import FAIL_ENV, INTERRUPT_ENV  # noqa: E402
 
 # Early stopping must be able to end a stage: patience 1 on a noisy tiny task.
 PROTOCOL = """\
@@ -48,11 +48,14 @@ models:
 """
 
 
-def _run(args, interrupt_after=None):
+def _run(args, interrupt_after=None, fail_after=None):
     env = dict(os.environ)
     env.pop(INTERRUPT_ENV, None)
+    env.pop(FAIL_ENV, None)
     if interrupt_after is not None:
         env[INTERRUPT_ENV] = str(interrupt_after)
+    if fail_after is not None:
+        env[FAIL_ENV] = str(fail_after)
     return subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), *args, "--no-render"],
         capture_output=True,
@@ -161,6 +164,38 @@ def test_interrupted_unit_continues_to_the_same_record(tmp_path, model, interrup
     # and a rerun skips it
     again = _run(args)
     assert "0 units run" in again.stdout
+
+
+def test_a_failed_unit_keeps_its_state_for_retry_failed(tmp_path):
+    """Catches a failed unit's epochs thrown away (an error in epoch 45 of a
+    45-epoch unit would cost all of them), a plain rerun that retries a
+    failed unit on its own, a failed unit shown as running, and a retry that
+    starts over instead of continuing to the straight run's record."""
+    data_path = write_tiny_dataset(str(tmp_path / "data"))
+    straight = _run(_args(tmp_path, data_path, "straight", "SASRec"))
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    [expected] = _records(tmp_path, "straight")
+
+    args = _args(tmp_path, data_path, "failed", "SASRec")
+    failed = _run(args, fail_after=2)
+    assert failed.returncode == 0, failed.stdout + failed.stderr
+    [record] = _records(tmp_path, "failed")
+    assert record["status"] == "failed" and FAIL_ENV in record["error"]
+    work = tmp_path / "failed" / "work"
+    assert len(list(work.rglob("*.resume.pth"))) == 1
+    progress = tmp_path / "failed" / "results" / "raw" / "progress"
+    assert not list(progress.glob("*.json"))
+
+    again = _run(args)
+    assert "0 units run" in again.stdout, again.stdout
+    retried = _run([*args, "--retry-failed"])
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    record = _records(tmp_path, "failed")[-1]
+    assert record["status"] == "ok", record.get("error")
+    assert [r["epochs_trained"] for r in record["resumes"]] == [2]
+    for key in set(expected) - VOLATILE - {"config"}:
+        assert record[key] == expected[key], key
+    assert not list(work.rglob("*.resume.pth"))
 
 
 def test_a_resume_state_of_another_protocol_is_ignored(tmp_path):

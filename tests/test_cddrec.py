@@ -967,3 +967,18 @@ def test_nt_xent_under_checkpointing_frees_its_matrix_until_backward(monkeypatch
     reference = raw.detach().clone().requires_grad_()
     (_nt_xent_reference(reference, 0.4) * weights).sum().backward()
     torch.testing.assert_close(raw.grad, reference.grad, rtol=0, atol=1e-12)
+
+
+def test_nt_xent_workspace_drops_its_smallest_buffer_wherever_it_is():
+    """Catches dropping the smallest buffer with list.remove, which compares
+    tensors with == on its way to it (an error for buffers of other sizes),
+    and dropping any buffer but the smallest."""
+    from recbole_diffusion.model.nt_xent import Workspace
+
+    workspace = Workspace(max_free=2)
+    large, small, middle = torch.empty(30), torch.empty(10), torch.empty(20)
+    for buffer in (large, small, middle):
+        workspace.give_back(buffer)
+    assert [buffer.numel() for buffer in workspace._free] == [30, 20]
+    workspace.give_back(torch.empty(25))  # the smallest kept is now last
+    assert sorted(buffer.numel() for buffer in workspace._free) == [25, 30]

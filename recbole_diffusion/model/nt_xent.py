@@ -101,7 +101,9 @@ class Workspace:
         """Return a buffer from :meth:`take`; its contents may be overwritten."""
         self._free.append(buffer)
         if len(self._free) > self.max_free:
-            self._free.remove(min(self._free, key=torch.Tensor.numel))
+            # by identity: list.remove would compare tensors with ==
+            smallest = min(self._free, key=torch.Tensor.numel)
+            self._free = [free for free in self._free if free is not smallest]
 
     def clear(self):
         """Drop every kept buffer (their memory goes back to the system)."""
