@@ -982,3 +982,19 @@ def test_nt_xent_workspace_drops_its_smallest_buffer_wherever_it_is():
     assert [buffer.numel() for buffer in workspace._free] == [30, 20]
     workspace.give_back(torch.empty(25))  # the smallest kept is now last
     assert sorted(buffer.numel() for buffer in workspace._free) == [25, 30]
+
+
+def test_nt_xent_workspace_pools_cpu_matrices_only(monkeypatch):
+    """Catches pooling on a GPU (whose caching allocator already reuses
+    memory; a pooled GPU buffer would only hold memory) and pooling matrices
+    below the size at which fresh memory costs page faults."""
+    from recbole_diffusion.model import nt_xent as module
+
+    workspace = module.Workspace()
+    buffer, view = workspace.take((2, 64, 64), torch.float32, torch.device("cpu"))
+    assert buffer is None and view.shape == (2, 64, 64)  # 32 KiB: not pooled
+    monkeypatch.setattr(module, "POOL_MIN_BYTES", 0)
+    buffer, view = workspace.take((2, 3, 3), torch.float32, torch.device("meta"))
+    assert buffer is None and view.device.type == "meta"
+    buffer, view = workspace.take((2, 3, 3), torch.float32, torch.device("cpu"))
+    assert buffer is not None and view.data_ptr() == buffer.data_ptr()
