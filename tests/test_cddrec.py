@@ -877,11 +877,12 @@ def test_nt_xent_workspace_reuses_memory_and_keeps_results(monkeypatch):
     fourth = module.nt_xent(F.normalize(raws[3], dim=-1), 0.3, workspace)
     ((third * weights[2]).sum() + (fourth * weights[3]).sum()).backward()
     assert len(workspace._free) == 2
-    # larger than both kept buffers: a new one, the smallest dropped
+    # larger than both kept buffers: they are released before a new one is
+    # made (memory peaks at the new size, not at all three)
     fifth = module.nt_xent(F.normalize(raws[4], dim=-1), 0.3, workspace)
+    assert workspace._free == []
     (fifth * weights[4]).sum().backward()
-    assert len(workspace._free) == 2
-    assert min(buffer.numel() for buffer in workspace._free) >= 3 * 10 * 10
+    assert [buffer.numel() >= 3 * 12 * 12 for buffer in workspace._free] == [True]
 
     for raw, weight, fast in zip(raws, weights, (first, second, third, fourth, fifth)):
         reference_raw = raw.detach().clone().requires_grad_()
@@ -998,3 +999,37 @@ def test_nt_xent_workspace_pools_cpu_matrices_only(monkeypatch):
     assert buffer is None and view.device.type == "meta"
     buffer, view = workspace.take((2, 3, 3), torch.float32, torch.device("cpu"))
     assert buffer is not None and view.data_ptr() == buffer.data_ptr()
+
+
+def test_nt_xent_workspace_edges(monkeypatch):
+    """Catches a buffer of another dtype handed out or crowding out the
+    current dtype's, a wrong pooling boundary, small matrices pooled (or
+    their graph refused a second backward) because a workspace was passed, a
+    forward without backward that loses its buffer, and second-order
+    gradients computed from a matrix that may have been reused."""
+    from recbole_diffusion.model import nt_xent as module
+
+    monkeypatch.setattr(module, "POOL_MIN_BYTES", 2 * 6 * 6 * 4)  # [2 6 6] float32
+    workspace = module.Workspace()
+    buffer, _ = workspace.take((2, 6, 6), torch.float32, torch.device("cpu"))
+    assert buffer is not None  # at the boundary: pooled
+    assert workspace.take((2, 5, 5), torch.float32, torch.device("cpu"))[0] is None
+
+    raw = torch.randn(2, 4, 3, requires_grad=True)  # below: not pooled, reusable
+    loss = module.nt_xent(F.normalize(raw, dim=-1), 0.5, workspace).sum()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    assert workspace._free == []
+
+    for dtype in (torch.float64, torch.float64, torch.float32):
+        raw = torch.randn(2, 8, 3, dtype=dtype, requires_grad=True)
+        module.nt_xent(F.normalize(raw, dim=-1), 0.5, workspace).sum().backward()
+        assert {buffer.dtype for buffer in workspace._free} == {dtype}
+    with torch.no_grad():  # no backward to come: the buffer comes back at once
+        module.nt_xent(F.normalize(raw, dim=-1), 0.5, workspace)
+    assert len(workspace._free) == 1
+
+    raw = torch.randn(2, 8, 3, requires_grad=True)
+    loss = module.nt_xent(F.normalize(raw, dim=-1), 0.5, workspace).sum()
+    with pytest.raises(RuntimeError, match="second-order"):
+        torch.autograd.grad(loss, raw, create_graph=True)

@@ -94,11 +94,17 @@ class Workspace:
             buffer = min(fitting, key=torch.Tensor.numel)
             self._free = [free for free in self._free if free is not buffer]
         else:
+            # the kept buffers of this dtype are too small: release them
+            # first, so that memory peaks at the new size, not at both
+            self._free = [free for free in self._free if free.dtype != dtype]
             buffer = torch.empty(int(numel * _HEADROOM), dtype=dtype, device=device)
         return buffer, buffer[:numel].view(shape)
 
     def give_back(self, buffer):
         """Return a buffer from :meth:`take`; its contents may be overwritten."""
+        # only one dtype is kept: a model trains in one, and buffers of an
+        # earlier dtype would otherwise crowd out every new one
+        self._free = [free for free in self._free if free.dtype == buffer.dtype]
         self._free.append(buffer)
         if len(self._free) > self.max_free:
             # by identity: list.remove would compare tensors with ==
@@ -137,7 +143,7 @@ class _NTXent(torch.autograd.Function):
     """NT-Xent of unit tokens [S M H] (token k's partner is k +- M/2), per token."""
 
     @staticmethod
-    def forward(ctx, tokens, tau, workspace):
+    def forward(ctx, tokens, tau, workspace, forward_only):
         shift = 1.0 / tau  # the largest logit a unit token can have
         steps, count, _ = tokens.shape
         buffer, out = (None, None)
@@ -146,15 +152,22 @@ class _NTXent(torch.autograd.Function):
                 (steps, count, count), tokens.dtype, tokens.device
             )
         exps, sums, positive = _exponentials(tokens, tau, shift, out)
-        ctx.save_for_backward(tokens, exps, sums)
         ctx.tau = tau
         # not the buffer itself: under activation checkpointing this graph
         # must not keep E alive (backward finds it through the saved E)
         ctx.workspace, ctx.pooled, ctx.released = workspace, buffer is not None, False
+        if forward_only:  # no backward: E is done with
+            if buffer is not None:
+                workspace.give_back(buffer)
+            ctx.released = True
+        else:
+            ctx.save_for_backward(tokens, exps, sums)
         return sums.log() + shift - positive  # [S M]
 
     @staticmethod
     def backward(ctx, grad):
+        if torch.is_grad_enabled():  # create_graph: the backward below is not
+            raise RuntimeError("nt_xent: second-order gradients are not supported")
         if ctx.released:
             # its buffer went back to the workspace: E may be overwritten
             raise RuntimeError(
@@ -177,7 +190,7 @@ class _NTXent(torch.autograd.Function):
             del exps, products
             ctx.workspace.give_back(buffer)
             ctx.released = True
-        return result, None, None
+        return result, None, None, None
 
 
 def nt_xent(tokens, tau, workspace=None):
@@ -187,5 +200,8 @@ def nt_xent(tokens, tau, workspace=None):
     M - 2 tokens of the same step. Needs ``2 / tau <= FAST_NT_XENT_SPAN``.
     With a :class:`Workspace`, its [S M M] matrix lives in the workspace's
     memory (reused at the next call), and the graph allows one backward pass.
+    First-order gradients only (``create_graph=True`` raises).
     """
-    return _NTXent.apply(tokens, tau, workspace)
+    # without a backward pass to come, forward gives its buffer back itself
+    forward_only = not (torch.is_grad_enabled() and tokens.requires_grad)
+    return _NTXent.apply(tokens, tau, workspace, forward_only)
