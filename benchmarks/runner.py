@@ -7,7 +7,9 @@ its last epoch (see ``benchmarks/unit_state.py``). A unit that finished (ok
 or diverged) has its resume state and progress file removed. A failed unit
 (an error in training: a bug, a full disk) keeps its resume state: a plain
 rerun skips it, and ``--retry-failed`` continues it from its last epoch once
-the cause is fixed, instead of training it again from the start.
+the cause is fixed, instead of training it again from the start. If a retry
+fails again before finishing an epoch past the state, the state is removed (it
+may be the cause) and the next retry starts afresh.
 """
 
 import json
@@ -67,6 +69,17 @@ def _unit_files_done(spec):
     Path(spec["progress_file"]).unlink(missing_ok=True)
 
 
+def _resume_state_stamp(spec):
+    """(size, modification time) of the unit's resume state, None if absent."""
+    from benchmarks.unit_state import unit_file_stem
+
+    path = Path(spec["checkpoint_dir"]) / f"{unit_file_stem(spec)}.resume.pth"
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
 def _has_resume_state(checkpoint_dir, unit):
     from benchmarks.unit_state import unit_file_stem
 
@@ -85,8 +98,9 @@ def plan_units(
     """Split the requested units into (to run, skipped) given the raw records.
 
     A unit with a resume state in ``checkpoint_dir`` (interrupted: a crash, a
-    timeout, a killed process) is run again, and continues, unless it already
-    has a record with status ok.
+    timeout, a killed process) is run again, and continues, unless its latest
+    record says ok, or failed (a failed unit continues only on
+    ``retry_failed``).
     """
     if n_seeds > len(protocol["seeds"]):
         raise ProtocolError(
@@ -172,6 +186,7 @@ def run_units(
             f"[{number}/{len(to_run)}] {dataset} {protocol['name']} {unit['model']} "
             f"seed {unit['seed']} (log: {_relative(log_path)})"
         )
+        state_before = _resume_state_stamp(spec)
         start = time.perf_counter()
         started_at = now_iso()
         result, code, error = run_child("unit", spec, log_path, work_dir, unit_timeout)
@@ -197,6 +212,12 @@ def run_units(
             # the resume state stays for --retry-failed; the page lists the
             # unit as failed, not as running
             Path(spec["progress_file"]).unlink(missing_ok=True)
+            if state_before is not None and _resume_state_stamp(spec) == state_before:
+                # failed again before finishing an epoch past its resume
+                # state: the state itself may be the cause (a damaged file,
+                # renamed parameters), so the next retry starts afresh
+                _unit_files_done(spec)
+                echo("    its resume state led to no new epoch: removed")
         counts["run"] += 1
         if result["status"] == OK:
             counts["ok"] += 1

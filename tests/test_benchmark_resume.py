@@ -188,6 +188,15 @@ def test_a_failed_unit_keeps_its_state_for_retry_failed(tmp_path):
 
     again = _run(args)
     assert "0 units run" in again.stdout, again.stdout
+    # a damaged state: the retry fails on it, removes it, the next starts afresh
+    [state] = work.rglob("*.resume.pth")
+    intact = state.read_bytes()
+    state.write_bytes(b"not a checkpoint")
+    broken = _run([*args, "--retry-failed"])
+    assert "led to no new epoch: removed" in broken.stdout, broken.stdout
+    assert _records(tmp_path, "failed")[-1]["status"] == "failed"
+    assert not list(work.rglob("*.resume.pth"))
+    state.write_bytes(intact)  # put back, to check the retry continues from it
     retried = _run([*args, "--retry-failed"])
     assert retried.returncode == 0, retried.stdout + retried.stderr
     record = _records(tmp_path, "failed")[-1]
