@@ -32,16 +32,34 @@ DEFAULT_METRICS = ("test:ndcg@10", "test:hit@10", "valid:ndcg@10")
 _SPLITS = {"test": "metrics", "valid": "valid_metrics"}
 
 
+def _metric_key(metric):
+    """(record field, metric name) of ``test:ndcg@10`` or ``valid:...``."""
+    split, _, name = metric.partition(":")
+    if split not in _SPLITS or not name:
+        raise ValueError(f"metric {metric!r} must be test:<name> or valid:<name>")
+    return _SPLITS[split], name
+
+
 def arm_values(paths, model, metric):
     """{seed: value} of ``metric`` (``test:ndcg@10`` or ``valid:...``) over the
-    finished units of ``model`` in ``paths``; a later file's unit replaces an
-    earlier one's of the same seed."""
-    split, name = metric.split(":", 1)
-    values = {}
+    finished units of ``model`` in ``paths``. A later file's unit replaces an
+    earlier one's of the same seed (a later failed unit removes it). Raises
+    ValueError for an unknown metric or units of more than one dataset."""
+    field, name = _metric_key(metric)
+    records = {}
     for path in paths:
         for (record_model, seed), record in latest_records(read_raw(path)).items():
-            if record_model == model and record.get("status") == OK:
-                values[seed] = record[_SPLITS[split]][name]
+            if record_model == model:
+                records[seed] = record
+    datasets = {record.get("dataset") for record in records.values()}
+    if len(datasets) > 1:
+        raise ValueError(f"units of several datasets: {sorted(map(str, datasets))}")
+    values = {}
+    for seed, record in records.items():
+        if record.get("status") == OK:
+            if name not in record[field]:
+                raise ValueError(f"metric {metric!r} not in the records")
+            values[seed] = record[field][name]
     return values
 
 
@@ -87,12 +105,12 @@ def main(argv=None):
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     per_seed = {}
     for metric in args.metrics.split(","):
-        values = [arm_values(paths, args.model, metric) for paths in arms]
-        per_seed[metric] = values
         try:
+            values = [arm_values(paths, args.model, metric) for paths in arms]
             result = compare(values[0].values(), values[1].values())
         except ValueError as error:
             parser.exit(2, f"error: {metric}: {error}\n")
+        per_seed[metric] = values
         (n_a, n_b), (mean_a, mean_b), (std_a, std_b) = (
             result["n"],
             result["mean"],

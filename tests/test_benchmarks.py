@@ -4,6 +4,7 @@ No timing is asserted: timings are reported, never tested.
 """
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -513,3 +514,63 @@ def test_compare_arms_is_unpaired_with_known_p_values(tmp_path, capsys):
             ["--model=CDDRec", "--arm-a=missing.jsonl", f"--arm-b={other}"]
         )
     assert exit_info.value.code == 2
+
+
+def test_compare_arms_welch_valid_split_and_refusals(tmp_path):
+    """Catches Student's pooled t-test in place of Welch's (unequal variances
+    and sizes tell them apart), the valid split read from the test metrics,
+    a later failed unit leaving an earlier value in, and a malformed metric
+    or units of two datasets accepted."""
+    from scipy.stats import t as t_distribution
+
+    from benchmarks import compare_arms
+
+    def unit(seed, test, valid, status="ok", dataset="ml-100k"):
+        record = _unit("CDDRec", seed, test, status=status)
+        record["valid_metrics"] = {"ndcg@10": valid}
+        record["dataset"] = dataset
+        return record
+
+    arm_a = _write_raw(
+        tmp_path / "a.jsonl",
+        [unit(1, 1.0, 10.0), unit(2, 2.0, 20.0), unit(3, 3.0, 30.0)],
+    )
+    arm_b = _write_raw(
+        tmp_path / "b.jsonl",
+        [unit(s, v, 0.0) for s, v in zip(range(1, 5), (4.0, 6.0, 8.0, 10.0))],
+    )
+    later = _write_raw(tmp_path / "later.jsonl", [unit(3, 0.0, 0.0, status="failed")])
+    result = compare_arms.compare(
+        compare_arms.arm_values([arm_a], "CDDRec", "test:ndcg@10").values(),
+        compare_arms.arm_values([arm_b], "CDDRec", "test:ndcg@10").values(),
+    )
+    # Welch by hand: variances 1 and 20/3, sizes 3 and 4
+    se2_a, se2_b = 1.0 / 3, (20.0 / 3) / 4
+    t = (2.0 - 7.0) / math.sqrt(se2_a + se2_b)
+    dof = (se2_a + se2_b) ** 2 / (se2_a**2 / 2 + se2_b**2 / 3)
+    assert result["welch_p"] == pytest.approx(
+        2 * t_distribution.sf(abs(t), dof), rel=1e-9
+    )
+    assert compare_arms.arm_values([arm_a], "CDDRec", "valid:ndcg@10") == {
+        1: 10.0,
+        2: 20.0,
+        3: 30.0,
+    }
+    assert compare_arms.arm_values([arm_a, later], "CDDRec", "test:ndcg@10") == {
+        1: 1.0,
+        2: 2.0,
+    }
+    other_dataset = _write_raw(
+        tmp_path / "c.jsonl", [unit(9, 1.0, 1.0, dataset="beauty")]
+    )
+    for arguments in (
+        ["--metrics=ndcg@10"],
+        ["--metrics=train:ndcg@10"],
+        ["--metrics=test:ndcg@99"],
+        [f"--arm-a={arm_a},{other_dataset}"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            compare_arms.main(
+                ["--model=CDDRec", f"--arm-a={arm_a}", f"--arm-b={arm_b}", *arguments]
+            )
+        assert exit_info.value.code == 2
