@@ -67,8 +67,11 @@ class Workspace:
 
     :meth:`take` hands out a buffer no one holds (a new one if none is large
     enough); :meth:`give_back` returns it once its backward pass is done. At
-    most ``max_free`` buffers are kept, the largest. Copies and pickles of a
-    workspace are empty: the buffers are scratch memory, not state.
+    most ``max_free`` buffers are kept, the largest, of one dtype. Copies and
+    pickles of a workspace are empty: the buffers are scratch memory, not
+    state. One workspace serves one thread (a model trains on one). Under
+    activation checkpointing only the recomputation in backward reuses
+    buffers: the first forward's matrices are freed, as checkpointing wants.
     """
 
     def __init__(self, max_free=2):
