@@ -9,10 +9,13 @@ or diverged) has its resume state and progress file removed. A failed unit
 rerun skips it, and ``--retry-failed`` continues it from its last epoch once
 the cause is fixed, instead of training it again from the start. If a retry
 fails again before finishing an epoch past the state, the state is removed (it
-may be the cause) and the next retry starts afresh.
+may be the cause) and the next retry starts afresh. A unit being run holds a
+lock file (``<stem>.lock``, the runner's pid) in the checkpoint folder: a second
+runner that reaches it skips it while that process lives.
 """
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -78,6 +81,46 @@ def _resume_state_stamp(spec):
         return None
     stat = path.stat()
     return stat.st_size, stat.st_mtime_ns
+
+
+def _unit_lock_path(spec):
+    from benchmarks.unit_state import unit_file_stem
+
+    return Path(spec["checkpoint_dir"]) / f"{unit_file_stem(spec)}.lock"
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _claim_unit(spec):
+    """Take the unit's lock file for this process: None when taken, else the
+    pid of the live process that runs the unit (a lock of a dead process is
+    taken over)."""
+    path = _unit_lock_path(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder > 0 and holder != os.getpid() and _process_alive(holder):
+                return holder
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(str(os.getpid()))
+        return None
+    raise RuntimeError(f"could not take the unit lock {path}")
 
 
 def _has_resume_state(checkpoint_dir, unit):
@@ -181,52 +224,67 @@ def run_units(
         spec["threads"] = threads
         spec["score_inference_steps"] = protocol.get("score_inference_steps") or []
         spec["progress_file"] = str(progress_path(results_dir, unit))
-        log_path = _unit_log_path(work_dir, spec)
-        echo(
-            f"[{number}/{len(to_run)}] {dataset} {protocol['name']} {unit['model']} "
-            f"seed {unit['seed']} (log: {_relative(log_path)})"
-        )
-        state_before = _resume_state_stamp(spec)
-        start = time.perf_counter()
-        started_at = now_iso()
-        result, code, error = run_child("unit", spec, log_path, work_dir, unit_timeout)
-        wall = time.perf_counter() - start
-        if result is None:
-            result = {
-                "schema": SCHEMA_VERSION,
-                "kind": "unit",
-                **{k: unit[k] for k in unit},
-                "status": TIMEOUT if code is None else CRASHED,
-                "error": error,
-                "started_at": started_at,
-                "finished_at": now_iso(),
-            }
-        result["wall_seconds"] = wall
-        result["exit_code"] = code
-        result["log"] = _relative(log_path)
-        append_raw(path, result)
-        if result["status"] in (OK, DIVERGED):
-            # finished for good: a rerun starts afresh only with --retry-failed
-            _unit_files_done(spec)
-        elif result["status"] == FAILED:
-            # the resume state stays for --retry-failed; the page lists the
-            # unit as failed, not as running
-            Path(spec["progress_file"]).unlink(missing_ok=True)
-            if state_before is not None and _resume_state_stamp(spec) == state_before:
-                # failed again before finishing an epoch past its resume
-                # state: the state itself may be the cause (a damaged file,
-                # renamed parameters), so the next retry starts afresh
-                _unit_files_done(spec)
-                echo("    its resume state led to no new epoch: removed")
-        counts["run"] += 1
-        if result["status"] == OK:
-            counts["ok"] += 1
-            metrics = result.get("metrics", {})
+        holder = _claim_unit(spec)
+        if holder is not None:
             echo(
-                f"    ok in {wall:.0f} s: NDCG@10 {metrics.get('ndcg@10', float('nan')):.4f}"
-                f", best epoch {result.get('best_epoch')}"
+                f"skip {unit['model']} seed {unit['seed']}: running in process {holder}"
             )
-        else:
-            counts["not_ok"] += 1
-            echo(f"    {result['status']}: {str(result.get('error'))[:300]}")
+            counts["skipped"] += 1
+            continue
+        try:
+            log_path = _unit_log_path(work_dir, spec)
+            echo(
+                f"[{number}/{len(to_run)}] {dataset} {protocol['name']} {unit['model']} "
+                f"seed {unit['seed']} (log: {_relative(log_path)})"
+            )
+            state_before = _resume_state_stamp(spec)
+            start = time.perf_counter()
+            started_at = now_iso()
+            result, code, error = run_child(
+                "unit", spec, log_path, work_dir, unit_timeout
+            )
+            wall = time.perf_counter() - start
+            if result is None:
+                result = {
+                    "schema": SCHEMA_VERSION,
+                    "kind": "unit",
+                    **{k: unit[k] for k in unit},
+                    "status": TIMEOUT if code is None else CRASHED,
+                    "error": error,
+                    "started_at": started_at,
+                    "finished_at": now_iso(),
+                }
+            result["wall_seconds"] = wall
+            result["exit_code"] = code
+            result["log"] = _relative(log_path)
+            append_raw(path, result)
+            if result["status"] in (OK, DIVERGED):
+                # finished for good: a rerun starts afresh only with --retry-failed
+                _unit_files_done(spec)
+            elif result["status"] == FAILED:
+                # the resume state stays for --retry-failed; the page lists the
+                # unit as failed, not as running
+                Path(spec["progress_file"]).unlink(missing_ok=True)
+                if (
+                    state_before is not None
+                    and _resume_state_stamp(spec) == state_before
+                ):
+                    # failed again before finishing an epoch past its resume
+                    # state: the state itself may be the cause (a damaged file,
+                    # renamed parameters), so the next retry starts afresh
+                    _unit_files_done(spec)
+                    echo("    its resume state led to no new epoch: removed")
+            counts["run"] += 1
+            if result["status"] == OK:
+                counts["ok"] += 1
+                metrics = result.get("metrics", {})
+                echo(
+                    f"    ok in {wall:.0f} s: NDCG@10 {metrics.get('ndcg@10', float('nan')):.4f}"
+                    f", best epoch {result.get('best_epoch')}"
+                )
+            else:
+                counts["not_ok"] += 1
+                echo(f"    {result['status']}: {str(result.get('error'))[:300]}")
+        finally:
+            _unit_lock_path(spec).unlink(missing_ok=True)
     return counts

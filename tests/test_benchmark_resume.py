@@ -231,3 +231,37 @@ def test_stop_reason_counts_every_stage_but_the_warm_up():
     adrec["1"] = "budget"
     assert harness.unit_stop_reason(adrec) == "budget"
     assert harness.unit_stop_reason({}) is None
+
+
+def test_a_unit_running_in_another_process_is_skipped(tmp_path):
+    """Catches two processes training the same unit at once (two seeds run
+    side by side from overlapping commands), and a lock left behind by a
+    dead process blocking its unit for good."""
+    from benchmarks.protocol import load_protocol
+    from benchmarks.runner import plan_units
+    from benchmarks.unit_state import unit_file_stem
+
+    data_path = write_tiny_dataset(str(tmp_path / "data"))
+    args = _args(tmp_path, data_path, "locked", "SASRec")
+    [unit], _ = plan_units(
+        "tiny", ["SASRec"], 1, load_protocol(str(tmp_path / "resume.yaml")), []
+    )
+    checkpoint_dir = tmp_path / "locked" / "work" / "checkpoints" / "tiny.resume"
+    checkpoint_dir.mkdir(parents=True)
+    lock = checkpoint_dir / f"{unit_file_stem(unit)}.lock"
+    lock.write_text(str(os.getpid()))  # held by a live process: this one
+    busy = _run(args)
+    assert "running in process" in busy.stdout and "0 units run" in busy.stdout, (
+        busy.stdout
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lock.write_text(finished.stdout.strip())  # held by a process that is gone
+    done = _run(args)
+    assert "1 units run" in done.stdout, done.stdout + done.stderr
+    assert _records(tmp_path, "locked")[-1]["status"] == "ok"
+    assert not lock.exists()
