@@ -63,30 +63,26 @@ def read_progress(results_dir, dataset, protocol_name):
     return records
 
 
-def _unit_files_done(spec):
-    """Remove a finished unit's resume state and progress file."""
+def _unit_file(checkpoint_dir, unit, suffix):
+    """The unit's file ``<stem><suffix>`` in the checkpoint folder."""
     from benchmarks.unit_state import unit_file_stem
 
-    resume_file = Path(spec["checkpoint_dir"]) / f"{unit_file_stem(spec)}.resume.pth"
-    resume_file.unlink(missing_ok=True)
+    return Path(checkpoint_dir) / f"{unit_file_stem(unit)}{suffix}"
+
+
+def _unit_files_done(spec):
+    """Remove a finished unit's resume state and progress file."""
+    _unit_file(spec["checkpoint_dir"], spec, ".resume.pth").unlink(missing_ok=True)
     Path(spec["progress_file"]).unlink(missing_ok=True)
 
 
 def _resume_state_stamp(spec):
     """(size, modification time) of the unit's resume state, None if absent."""
-    from benchmarks.unit_state import unit_file_stem
-
-    path = Path(spec["checkpoint_dir"]) / f"{unit_file_stem(spec)}.resume.pth"
+    path = _unit_file(spec["checkpoint_dir"], spec, ".resume.pth")
     if not path.is_file():
         return None
     stat = path.stat()
     return stat.st_size, stat.st_mtime_ns
-
-
-def _unit_lock_path(spec):
-    from benchmarks.unit_state import unit_file_stem
-
-    return Path(spec["checkpoint_dir"]) / f"{unit_file_stem(spec)}.lock"
 
 
 def _process_alive(pid):
@@ -103,7 +99,7 @@ def _claim_unit(spec):
     """Take the unit's lock file for this process: None when taken, else the
     pid of the live process that runs the unit (a lock of a dead process is
     taken over)."""
-    path = _unit_lock_path(spec)
+    path = _unit_file(spec["checkpoint_dir"], spec, ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):
         try:
@@ -124,9 +120,7 @@ def _claim_unit(spec):
 
 
 def _has_resume_state(checkpoint_dir, unit):
-    from benchmarks.unit_state import unit_file_stem
-
-    return (Path(checkpoint_dir) / f"{unit_file_stem(unit)}.resume.pth").is_file()
+    return _unit_file(checkpoint_dir, unit, ".resume.pth").is_file()
 
 
 def plan_units(
@@ -286,5 +280,5 @@ def run_units(
                 counts["not_ok"] += 1
                 echo(f"    {result['status']}: {str(result.get('error'))[:300]}")
         finally:
-            _unit_lock_path(spec).unlink(missing_ok=True)
+            _unit_file(spec["checkpoint_dir"], spec, ".lock").unlink(missing_ok=True)
     return counts
