@@ -72,7 +72,10 @@ __all__ = [
     "FastDropout",
     "TanhGELU",
     "attention",
+    "causal_bias",
     "cross_entropy",
+    "dropout_mask",
+    "dropout_part",
     "fast_dropout",
     "tanh_gelu",
     "use_fast_layers",
@@ -130,8 +133,29 @@ def _keep_mask(shape, drop_levels, dtype):
     return torch.from_numpy(mask).view(shape)
 
 
-def fast_dropout(x, p, training=True):
-    """Functional form of :class:`FastDropout`."""
+def dropout_mask(shape, p, dtype):
+    """The scaled keep-mask that :func:`fast_dropout` with probability ``p``
+    multiplies a CPU tensor of ``shape`` and ``dtype`` by, drawn from the same
+    stream (so drawing it in place of that call changes nothing after it);
+    None where that call draws nothing (``p`` 0, or rounding to 0)."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability {p} is not in [0, 1)")
+    drop_levels = round(p * _LEVELS)
+    if drop_levels == 0:
+        return None
+    return _keep_mask(shape, drop_levels, dtype)
+
+
+def fast_dropout(x, p, training=True, whole=None):
+    """Functional form of :class:`FastDropout`.
+
+    ``whole``: ``(shape, take)`` when ``x`` is the part ``take(t)`` of a tensor
+    ``t`` of ``shape`` whose other entries are not computed. The mask is drawn
+    for the whole ``shape`` and cut by ``take``, so the result is
+    ``take(fast_dropout(t))`` and the same random numbers are consumed (a
+    model that computes only the entries it reads keeps its random stream).
+    Where torch's dropout serves (another device), ``x`` alone is dropped out.
+    """
     if not training or p == 0:
         return x
     if x.device.type != "cpu" or not x.is_floating_point() or p >= 1:
@@ -139,7 +163,11 @@ def fast_dropout(x, p, training=True):
     drop_levels = round(p * _LEVELS)
     if drop_levels == 0:
         return x
-    mask = _keep_mask(x.shape, drop_levels, x.dtype)
+    if whole is None:
+        mask = _keep_mask(x.shape, drop_levels, x.dtype)
+    else:
+        shape, take = whole
+        mask = take(_keep_mask(shape, drop_levels, x.dtype))
     # autograd saves only the mask (it needs no gradient): backward is
     # grad * mask, as for torch's dropout
     return x * mask
@@ -148,8 +176,17 @@ def fast_dropout(x, p, training=True):
 class FastDropout(nn.Dropout):
     """``nn.Dropout`` whose CPU mask comes from numpy's SFC64 (see the module)."""
 
-    def forward(self, x):
-        return fast_dropout(x, self.p, self.training)
+    def forward(self, x, whole=None):
+        return fast_dropout(x, self.p, self.training, whole)
+
+
+def dropout_part(dropout, x, whole):
+    """``dropout`` (an ``nn.Dropout``) of ``x``, the part of a larger tensor
+    that ``whole`` describes (see :func:`fast_dropout`); torch's own dropout
+    draws for ``x`` alone."""
+    if isinstance(dropout, FastDropout):
+        return dropout(x, whole)
+    return dropout(x)
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -269,7 +306,7 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
 _causal_biases = {}
 
 
-def _causal_bias(length, key_length, dtype, device):
+def causal_bias(length, key_length, dtype, device):
     """[length key_length]: 0 where query i may attend to key j (j <= i), else
     -inf (SDPA's ``is_causal``: the top-left triangle). Built once per shape."""
     key = (length, key_length, dtype, device)
@@ -283,7 +320,14 @@ def _causal_bias(length, key_length, dtype, device):
 
 
 def attention(
-    query, key, value, attn_mask=None, dropout_p=0.0, fast=False, is_causal=False
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p=0.0,
+    fast=False,
+    is_causal=False,
+    dropout_whole=None,
 ):
     """``F.scaled_dot_product_attention``; with ``fast`` and dropout on the CPU,
     the same attention written out so that its dropout is :func:`fast_dropout`.
@@ -292,6 +336,8 @@ def attention(
     ``is_causal`` (instead of a mask) lets query i attend to keys 0..i.
     With dropout torch's CPU attention takes this same math path (matrix
     products, softmax, dropout), so writing it out costs nothing extra.
+    ``dropout_whole``: when the queries are a part of a longer query sequence,
+    the attention weights' ``whole`` for :func:`fast_dropout`.
     """
     if not (fast and dropout_p > 0 and query.device.type == "cpu"):
         return F.scaled_dot_product_attention(
@@ -315,7 +361,7 @@ def attention(
         length, key_length = query.shape[-2], key.shape[-2]
         batch_shape = query.shape[:-2]
         scores = torch.baddbmm(
-            _causal_bias(length, key_length, query.dtype, query.device),
+            causal_bias(length, key_length, query.dtype, query.device),
             query.reshape(-1, length, query.shape[-1]),
             key.reshape(-1, key_length, key.shape[-1]).transpose(1, 2),
             alpha=scale,
@@ -324,7 +370,9 @@ def attention(
         scores = query @ key.transpose(-2, -1) * scale
         if attn_mask is not None:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
-    weights = fast_dropout(torch.softmax(scores, dim=-1), dropout_p)
+    weights = fast_dropout(
+        torch.softmax(scores, dim=-1), dropout_p, whole=dropout_whole
+    )
     return weights @ value
 
 

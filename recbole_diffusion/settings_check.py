@@ -51,6 +51,8 @@ _BOOLS = (
     "fast_info_nce",
     "fused_qkv",
     "step_embedding_table",
+    "last_position_only",
+    "fused_block",
 )
 _EXAMPLES = {"epochs": 200, "train_batch_size": 256, "MAX_ITEM_LIST_LENGTH": 50}
 

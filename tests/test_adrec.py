@@ -452,7 +452,9 @@ def test_training_attention_with_fast_dropout_is_sdpas_causal_attention(
     attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     expected = layer.output(attended.transpose(1, 2).reshape(3, 6, HIDDEN))
     with monkeypatch.context() as patch:
-        patch.setattr(fast_layers, "fast_dropout", lambda x, p, training=True: x)
+        patch.setattr(
+            fast_layers, "fast_dropout", lambda x, p, training=True, whole=None: x
+        )
         got, _ = layer.train()(hidden)
         torch.testing.assert_close(got, expected)
         layer.fused_projection = False  # the switch: three products

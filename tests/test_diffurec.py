@@ -242,6 +242,56 @@ def test_trimming_gives_the_untrimmed_models_scores_and_loss(conditioning):
     torch.testing.assert_close(trimmed_loss, untrimmed_loss, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("fast_dropout", [True, False])
+@pytest.mark.parametrize("conditioning", ["sum", "cross_attention"])
+def test_last_block_at_one_position_gives_the_full_blocks_training_step(
+    conditioning, fast_dropout
+):
+    """``last_position_only``: in training, with every dropout on, the last
+    block computed at x0_hat's position alone gives the full block's loss and
+    gradients, and leaves torch's generator where the full block does (the
+    masks are the whole tensors' masks, cut). Catches a mask read at another
+    position or drawn at the part's shape (a shifted stream), a wrong query
+    row, or a skipped dropout. torch's own dropout (``fast_dropout`` False, or
+    a GPU) draws for the part alone: there only the evaluation is compared."""
+    dropout = dict(hidden_dropout_prob=0.3, attn_dropout_prob=0.3, emb_dropout_prob=0.2)
+    settings = dict(conditioning=conditioning, fast_dropout=fast_dropout, **dropout)
+    full = make_model(last_position_only=False, **settings)
+    part = make_model(last_position_only=True, **settings)
+    part.load_state_dict(full.state_dict())
+    calls = []
+    for name, model in (("full", full), ("part", part)):
+        model.blocks[-1].register_forward_pre_hook(
+            lambda *args, name=name: calls.append(name)
+        )
+    batch = make_batch(SEQUENCES, width=6, targets=[1, 5, 9, 13])
+    results = []
+    for model in (full, part):
+        loss = loss_under_seed(model.train(), batch)
+        loss.backward()
+        after = torch.rand(3)  # where the generator stands after the step
+        gradients = {
+            n: q.grad for n, q in model.named_parameters() if q.grad is not None
+        }
+        eval_scores = scores_under_seed(model.eval(), batch)
+        results.append((loss.detach(), gradients, after, eval_scores))
+    # the config key reaches the model: only the full path runs the last
+    # block's forward (training and evaluation)
+    assert set(calls) == {"full"}
+    (full_loss, full_grads, full_after, full_eval) = results[0]
+    (part_loss, part_grads, part_after, part_eval) = results[1]
+    torch.testing.assert_close(part_eval, full_eval, rtol=0, atol=1e-5)
+    if not fast_dropout:
+        return
+    torch.testing.assert_close(part_loss, full_loss, rtol=0, atol=1e-6)
+    assert part_grads.keys() == full_grads.keys()
+    for name, gradient in full_grads.items():
+        torch.testing.assert_close(
+            part_grads[name], gradient, rtol=1e-5, atol=1e-6, msg=name
+        )
+    torch.testing.assert_close(part_after, full_after, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("conditioning", ["sum", "cross_attention"])
 def test_x0_hat_is_read_at_the_last_real_item(conditioning):
     """Independent value: with the blocks made identities, x0_hat = LN(LN(E[last])).

@@ -175,7 +175,7 @@ def test_written_out_attention_is_torchs_attention():
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     identity = fast_layers.fast_dropout
     try:
-        fast_layers.fast_dropout = lambda x, p, training=True: x  # no drops
+        fast_layers.fast_dropout = lambda x, p, training=True, whole=None: x  # no drops
         got = attention(q, k, v, attn_mask=allowed, dropout_p=0.1, fast=True)
     finally:
         fast_layers.fast_dropout = identity
@@ -334,7 +334,9 @@ def test_losses_with_other_settings_keep_torchs_cross_entropy(settings):
 
 
 def _causal_attention_against_sdpa(monkeypatch, query, key, value):
-    monkeypatch.setattr(fast_layers, "fast_dropout", lambda x, p, training=True: x)
+    monkeypatch.setattr(
+        fast_layers, "fast_dropout", lambda x, p, training=True, whole=None: x
+    )
     got = attention(query, key, value, dropout_p=0.1, fast=True, is_causal=True)
     expected = F.scaled_dot_product_attention(query, key, value, is_causal=True)
     torch.testing.assert_close(got, expected)
@@ -554,6 +556,8 @@ def test_switches_are_refused_when_not_booleans(tiny_config):
         "step_embedding_table",
         "fused_qkv",
         "fast_cross_entropy",
+        "last_position_only",
+        "fused_block",
     ):
         build_config("DiffuRec", "tiny", config_dict={**tiny_config, key: False})
         with pytest.raises(ValueError, match=key):

@@ -81,7 +81,7 @@ from recbole_diffusion.diffusion import (
     get_beta_schedule,
     respaced_steps,
 )
-from recbole_diffusion.fast_layers import attention, use_fast_layers
+from recbole_diffusion.fast_layers import attention, dropout_part, use_fast_layers
 from recbole_diffusion.utils import (
     check_choice,
     check_heads_divide_hidden,
@@ -116,8 +116,13 @@ class MultiHeadAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.n_heads, self.head_size).transpose(1, 2)
 
-    def forward(self, query, key, value, key_padding_mask):
-        """``query`` [B Lq H], ``key``/``value`` [B Lk H], mask [B Lk] True at pads."""
+    def forward(self, query, key, value, key_padding_mask, dropout_whole=None):
+        """``query`` [B Lq H], ``key``/``value`` [B Lk H], mask [B Lk] True at pads.
+
+        ``dropout_whole``: the attention weights' ``whole`` for
+        :func:`~recbole_diffusion.fast_layers.fast_dropout` when ``query`` is a
+        part of a longer query sequence.
+        """
         batch, query_length, hidden = query.shape
         q = self._split_heads(self.query(query))  # [B heads Lq H/heads]
         k = self._split_heads(self.key(key))  # [B heads Lk H/heads]
@@ -130,6 +135,7 @@ class MultiHeadAttention(nn.Module):
             attn_mask=allowed,
             dropout_p=self.attn_dropout_prob if self.training else 0.0,
             fast=self.fast_attention_dropout,
+            dropout_whole=dropout_whole,
         )  # [B heads Lq H/heads]
         attended = attended.transpose(1, 2).reshape(batch, query_length, hidden)
         return self.output(attended)
@@ -166,6 +172,48 @@ class TransformerBlock(nn.Module):
             self.feed_forward(self.feed_forward_norm(hidden))
         )
         return self.dropout(hidden)
+
+    def forward_at(self, hidden, key_padding_mask, index):
+        """``forward(hidden, key_padding_mask)[b, index[b]]``, [B H], computing
+        past the keys and values only that one position of each row.
+
+        A block's positions meet only in its attention, whose keys and values
+        are the block's input: the output at one position needs the others'
+        keys and values and nothing else of them. Each dropout draws the mask
+        of the whole block's tensor and takes that position's part
+        (:func:`~recbole_diffusion.fast_layers.dropout_part`), so the random
+        stream, and with it every later draw, is the full block's.
+        """
+        batch, length, hidden_size = hidden.shape
+        rows = torch.arange(batch, device=hidden.device)
+
+        def at_index(whole):  # [B L ...] -> [B ...]
+            return whole[rows, index]
+
+        def attention_at_index(weights):  # [B heads L L] -> [B heads 1 L]
+            return weights[rows, :, index].unsqueeze(2)
+
+        normed = self.attention_norm(hidden)  # [B L H]
+        heads = self.attention.n_heads
+        attended = self.attention(
+            at_index(normed).unsqueeze(1),
+            normed,
+            normed,
+            key_padding_mask,
+            dropout_whole=((batch, heads, length, length), attention_at_index),
+        ).squeeze(1)  # [B H]
+        output = at_index(hidden) + dropout_part(
+            self.dropout, attended, (hidden.shape, at_index)
+        )  # [B H]
+        expand, activation, inner_dropout, contract = self.feed_forward
+        inner = activation(expand(self.feed_forward_norm(output)))  # [B 4H]
+        inner = dropout_part(
+            inner_dropout, inner, ((batch, length, inner.shape[-1]), at_index)
+        )
+        output = output + dropout_part(
+            self.dropout, contract(inner), (hidden.shape, at_index)
+        )
+        return dropout_part(self.dropout, output, (hidden.shape, at_index))
 
 
 class DiffuRec(SequentialRecommender):
@@ -235,6 +283,8 @@ class DiffuRec(SequentialRecommender):
         self.offset_noise = config["offset_noise"]
         self.ensemble_size = config["ensemble_size"]
         self.inference_steps = config_value(config, "inference_steps")
+        # the last block computed at x0_hat's position only (same function)
+        self.last_position_only = bool(config_value(config, "last_position_only", True))
 
         # define layers and loss
         self.item_embedding = nn.Embedding(
@@ -338,9 +388,16 @@ class DiffuRec(SequentialRecommender):
             hidden = history + self.cross_attention(
                 conditioned, history, history, padding_mask
             )
-        for block in self.blocks:
-            hidden = block(hidden, padding_mask)  # [B L H]
-        x0_hat = self.gather_indexes(hidden, last_index)  # [B H]
+        if self.last_position_only:
+            # only x0_hat's position of the last block's output is read
+            *leading, last = self.blocks
+            for block in leading:
+                hidden = block(hidden, padding_mask)  # [B L H]
+            x0_hat = last.forward_at(hidden, padding_mask, last_index)  # [B H]
+        else:
+            for block in self.blocks:
+                hidden = block(hidden, padding_mask)  # [B L H]
+            x0_hat = self.gather_indexes(hidden, last_index)  # [B H]
         return self.output_norm(self.output_dropout(x0_hat))
 
     def training_noise(self, target):
