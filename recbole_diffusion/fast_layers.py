@@ -72,9 +72,7 @@ __all__ = [
     "FastDropout",
     "TanhGELU",
     "attention",
-    "causal_bias",
     "cross_entropy",
-    "dropout_mask",
     "dropout_part",
     "fast_dropout",
     "tanh_gelu",
@@ -131,19 +129,6 @@ def _keep_mask(shape, drop_levels, dtype):
     mask = keep.astype(numpy_dtype)
     mask *= numpy_dtype(scale)
     return torch.from_numpy(mask).view(shape)
-
-
-def dropout_mask(shape, p, dtype):
-    """The scaled keep-mask that :func:`fast_dropout` with probability ``p``
-    multiplies a CPU tensor of ``shape`` and ``dtype`` by, drawn from the same
-    stream (so drawing it in place of that call changes nothing after it);
-    None where that call draws nothing (``p`` 0, or rounding to 0)."""
-    if not 0 <= p < 1:
-        raise ValueError(f"dropout probability {p} is not in [0, 1)")
-    drop_levels = round(p * _LEVELS)
-    if drop_levels == 0:
-        return None
-    return _keep_mask(shape, drop_levels, dtype)
 
 
 def fast_dropout(x, p, training=True, whole=None):
@@ -306,7 +291,7 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
 _causal_biases = {}
 
 
-def causal_bias(length, key_length, dtype, device):
+def _causal_bias(length, key_length, dtype, device):
     """[length key_length]: 0 where query i may attend to key j (j <= i), else
     -inf (SDPA's ``is_causal``: the top-left triangle). Built once per shape."""
     key = (length, key_length, dtype, device)
@@ -361,7 +346,7 @@ def attention(
         length, key_length = query.shape[-2], key.shape[-2]
         batch_shape = query.shape[:-2]
         scores = torch.baddbmm(
-            causal_bias(length, key_length, query.dtype, query.device),
+            _causal_bias(length, key_length, query.dtype, query.device),
             query.reshape(-1, length, query.shape[-1]),
             key.reshape(-1, key_length, key.shape[-1]).transpose(1, 2),
             alpha=scale,

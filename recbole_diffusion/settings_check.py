@@ -52,7 +52,6 @@ _BOOLS = (
     "fused_qkv",
     "step_embedding_table",
     "last_position_only",
-    "fused_block",
 )
 _EXAMPLES = {"epochs": 200, "train_batch_size": 256, "MAX_ITEM_LIST_LENGTH": 50}
 

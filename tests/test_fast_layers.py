@@ -557,7 +557,6 @@ def test_switches_are_refused_when_not_booleans(tiny_config):
         "fused_qkv",
         "fast_cross_entropy",
         "last_position_only",
-        "fused_block",
     ):
         build_config("DiffuRec", "tiny", config_dict={**tiny_config, key: False})
         with pytest.raises(ValueError, match=key):

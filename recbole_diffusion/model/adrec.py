@@ -110,7 +110,6 @@ from recbole_diffusion.diffusion import (
     respaced_steps,
 )
 from recbole_diffusion.fast_layers import attention, use_fast_layers
-from recbole_diffusion.model.fused_block import causal_block, supports
 from recbole_diffusion.utils import (
     ConfigError,
     check_choice,
@@ -271,9 +270,6 @@ class CausalBlock(nn.Module):
         )
         self.feed_forward_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(hidden_dropout_prob)
-        # training through fused_block.causal_block where it is exact
-        # (config fused_block; False: always this module's layers)
-        self.fused_training = True
 
     def _finish(self, hidden, attended):
         hidden = self.attention_norm(hidden + self.dropout(attended))
@@ -281,13 +277,6 @@ class CausalBlock(nn.Module):
 
     def forward(self, hidden):
         """[B L H] -> ([B L H], this block's (keys, values))."""
-        if (
-            self.fused_training
-            and self.training
-            and torch.is_grad_enabled()
-            and supports(self, hidden)
-        ):
-            return causal_block(self, hidden)
         attended, cache = self.attention(hidden)
         return self._finish(hidden, attended), cache
 
@@ -465,12 +454,9 @@ class ADRec(SequentialRecommender):
         # recbole_diffusion.fast_layers)
         use_fast_layers(self, config)
         fused_qkv = bool(config_value(config, "fused_qkv", True))
-        fused_block = bool(config_value(config, "fused_block", True))
         for module in self.modules():
             if isinstance(module, CausalSelfAttention):
                 module.fused_projection = fused_qkv
-            elif isinstance(module, CausalBlock):
-                module.fused_training = fused_block
 
     def _init_weights(self, module):
         if isinstance(module, nn.Embedding):
