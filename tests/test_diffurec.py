@@ -242,6 +242,49 @@ def test_trimming_gives_the_untrimmed_models_scores_and_loss(conditioning):
     torch.testing.assert_close(trimmed_loss, untrimmed_loss, rtol=0, atol=1e-6)
 
 
+def _full_and_last_position_steps(batch, trim=True, **settings):
+    """(full, part) models' training-step loss, gradients, the generator's
+    next draw and evaluation scores, from the same weights and seed; also
+    which of the two ran its last block's forward."""
+    full = make_model(last_position_only=False, **settings)
+    part = make_model(last_position_only=True, **settings)
+    part.load_state_dict(full.state_dict())
+    full.trim_padding = part.trim_padding = trim
+    calls = []
+    results = []
+    for name, model in (("full", full), ("part", part)):
+        model.blocks[-1].register_forward_pre_hook(
+            lambda *args, name=name: calls.append(name)
+        )
+        loss = loss_under_seed(model.train(), batch)
+        loss.backward()
+        after = torch.rand(3)  # where the generator stands after the step
+        gradients = {
+            n: q.grad for n, q in model.named_parameters() if q.grad is not None
+        }
+        eval_scores = scores_under_seed(model.eval(), batch)
+        results.append((loss.detach(), gradients, after, eval_scores))
+    return results, set(calls)
+
+
+def _assert_same_step(results, same_stream=True):
+    (full_loss, full_grads, full_after, full_eval), part = results
+    part_loss, part_grads, part_after, part_eval = part
+    torch.testing.assert_close(part_eval, full_eval, rtol=1e-6, atol=1e-5)
+    if not same_stream:
+        return
+    torch.testing.assert_close(part_loss, full_loss, rtol=1e-6, atol=1e-6)
+    assert part_grads.keys() == full_grads.keys()
+    for name, gradient in full_grads.items():
+        torch.testing.assert_close(
+            part_grads[name], gradient, rtol=1e-5, atol=1e-6, msg=name
+        )
+    torch.testing.assert_close(part_after, full_after, rtol=0, atol=0)
+
+
+DROPOUTS = dict(hidden_dropout_prob=0.3, attn_dropout_prob=0.3, emb_dropout_prob=0.2)
+
+
 @pytest.mark.parametrize("fast_dropout", [True, False])
 @pytest.mark.parametrize("conditioning", ["sum", "cross_attention"])
 def test_last_block_at_one_position_gives_the_full_blocks_training_step(
@@ -251,45 +294,42 @@ def test_last_block_at_one_position_gives_the_full_blocks_training_step(
     block computed at x0_hat's position alone gives the full block's loss and
     gradients, and leaves torch's generator where the full block does (the
     masks are the whole tensors' masks, cut). Catches a mask read at another
-    position or drawn at the part's shape (a shifted stream), a wrong query
-    row, or a skipped dropout. torch's own dropout (``fast_dropout`` False, or
-    a GPU) draws for the part alone: there only the evaluation is compared."""
-    dropout = dict(hidden_dropout_prob=0.3, attn_dropout_prob=0.3, emb_dropout_prob=0.2)
-    settings = dict(conditioning=conditioning, fast_dropout=fast_dropout, **dropout)
-    full = make_model(last_position_only=False, **settings)
-    part = make_model(last_position_only=True, **settings)
-    part.load_state_dict(full.state_dict())
-    calls = []
-    for name, model in (("full", full), ("part", part)):
-        model.blocks[-1].register_forward_pre_hook(
-            lambda *args, name=name: calls.append(name)
-        )
+    position or drawn at the part's shape (other mask values), a wrong query
+    row, a skipped or repeated dropout (the generator moves differently),
+    and the config key not reaching the model. torch's own dropout
+    (``fast_dropout`` False, or a GPU) draws for the part alone: there only
+    the evaluation is compared."""
     batch = make_batch(SEQUENCES, width=6, targets=[1, 5, 9, 13])
-    results = []
-    for model in (full, part):
-        loss = loss_under_seed(model.train(), batch)
-        loss.backward()
-        after = torch.rand(3)  # where the generator stands after the step
-        gradients = {
-            n: q.grad for n, q in model.named_parameters() if q.grad is not None
-        }
-        eval_scores = scores_under_seed(model.eval(), batch)
-        results.append((loss.detach(), gradients, after, eval_scores))
-    # the config key reaches the model: only the full path runs the last
-    # block's forward (training and evaluation)
-    assert set(calls) == {"full"}
-    (full_loss, full_grads, full_after, full_eval) = results[0]
-    (part_loss, part_grads, part_after, part_eval) = results[1]
-    torch.testing.assert_close(part_eval, full_eval, rtol=0, atol=1e-5)
-    if not fast_dropout:
-        return
-    torch.testing.assert_close(part_loss, full_loss, rtol=0, atol=1e-6)
-    assert part_grads.keys() == full_grads.keys()
-    for name, gradient in full_grads.items():
-        torch.testing.assert_close(
-            part_grads[name], gradient, rtol=1e-5, atol=1e-6, msg=name
-        )
-    torch.testing.assert_close(part_after, full_after, rtol=0, atol=0)
+    results, ran_last_block = _full_and_last_position_steps(
+        batch, conditioning=conditioning, fast_dropout=fast_dropout, **DROPOUTS
+    )
+    # only the full path runs the last block's forward (training and evaluation)
+    assert ran_last_block == {"full"}
+    _assert_same_step(results, same_stream=fast_dropout)
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["small-masks", "large-masks"])
+@pytest.mark.parametrize("trim", [True, False], ids=["trimmed", "untrimmed"])
+def test_last_block_at_one_position_untrimmed_short_rows_and_large_masks(trim, large):
+    """The same equality where the test above cannot look: without trimming
+    (the masks' length is MAX_ITEM_LIST_LENGTH, not the longest row), with a
+    row of one item (x0_hat read at position 0), and with masks of at least
+    ``MIN_ELEMENTS`` (numpy-seeded streams, the path real batches take).
+    Catches masks drawn at the longest row's length, an index clamped away
+    from 0, and ``whole`` ignored on the large-mask path."""
+    from recbole_diffusion.fast_layers import MIN_ELEMENTS
+
+    sequences = [[3, 4, 5], [7], [12, 13], [2, 4, 6, 8, 10]]
+    sizes = dict(hidden_size=16, n_heads=2)
+    if large:
+        sizes = dict(hidden_size=64, n_heads=4)
+        sequences = sequences * 8  # 32 rows: the FFN's mask is 32 x 7 x 256
+        assert MIN_ELEMENTS <= 32 * 7 * 4 * 64
+    batch = make_batch(sequences, width=7)
+    results, _ = _full_and_last_position_steps(
+        batch, trim=trim, MAX_ITEM_LIST_LENGTH=7, **sizes, **DROPOUTS
+    )
+    _assert_same_step(results)
 
 
 @pytest.mark.parametrize("conditioning", ["sum", "cross_attention"])
