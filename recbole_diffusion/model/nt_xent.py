@@ -9,7 +9,9 @@ k +- M/2), per token; CDDRec's ``fast_info_nce`` switch selects it.
   computed inside the product as one more column (no pass for it either:
   the NT-Xent term 1.35x faster at the ``cpu`` protocol's [20 640 640],
   1.10x at [20 2400 2400], measured A/B in one process beside a busy
-  core), exponentiated in place, and the exponentials ``E`` are kept for
+  core), with ``log2(e)`` folded into the product so that ``E`` comes from
+  torch's cheaper ``exp2`` (see :func:`_exponentials`), exponentiated in
+  place, and the exponentials ``E`` are kept for
   the backward pass, which computes ``d T = (dL + dL^T) T / tau`` with
   ``dL = diag(g / s) E - g`` at the partners as one product of ``E`` with
   ``[T, (g / s) T]`` (``E`` read once, no [S M M] gradient).
@@ -45,6 +47,8 @@ memory, was tried before the workspace: within the noise of a shared
 matrix, training steps 11-18 s either way), so it was left out.
 """
 
+import math
+
 import torch
 
 __all__ = ["FAST_NT_XENT_SPAN", "POOL_MIN_BYTES", "Workspace", "nt_xent"]
@@ -61,6 +65,10 @@ FAST_NT_XENT_SPAN = 60.0
 # keeps freed memory (recbole_diffusion.allocator raises its mmap threshold
 # to this maximum), so a fresh tensor costs no page faults.
 POOL_MIN_BYTES = 32 * 2**20
+
+# exp(x) = 2 ** (x log2(e)); log(2) takes base-2 logits back to natural units
+_LOG2_E = 1.0 / math.log(2.0)
+_LN_2 = math.log(2.0)
 # room for the next batch's slightly larger matrix in the same buffer
 _HEADROOM = 1.125
 
@@ -136,20 +144,26 @@ def _exponentials(tokens, tau, shift, out):
     The shift rides in the product: ``[T / tau, -shift] [T, 1]^T`` is
     ``T T^T / tau - shift``, one more column for the product (1/64 more
     arithmetic at H 64) instead of one more pass over the [S M M] matrix.
+    The left side also carries ``log2(e)``, so that the product holds the
+    logits in base 2 and ``E`` is ``exp2`` of it: the same values, and torch's
+    ``exp2`` costs 0.59x its ``exp`` here (6.3 against 10.6 ms over
+    [20 640 640], one thread, AVX2), with no pass to rescale.
     """
     half = tokens.shape[1] // 2
     ones = tokens.new_ones(tokens.shape[:-1] + (1,))  # [S M 1]
-    left = torch.cat([tokens / tau, ones * -shift], dim=-1)  # [S M H+1]
+    left = torch.cat(
+        [tokens * (_LOG2_E / tau), ones * (-shift * _LOG2_E)], dim=-1
+    )  # [S M H+1]
     right = torch.cat([tokens, ones], dim=-1)
-    shifted = torch.bmm(left, right.transpose(1, 2), out=out)  # [S M M]
+    shifted = torch.bmm(left, right.transpose(1, 2), out=out)  # [S M M], base 2
     # each token's positive logit, read off the matrix: (k, k + M/2) lie
     # on the diagonal at offset M/2, (k + M/2, k) at -M/2 (cat copies them
-    # before the matrix is overwritten)
+    # before the matrix is overwritten); back to natural units
     positive = torch.cat(
         [shifted.diagonal(half, 1, 2), shifted.diagonal(-half, 1, 2)], dim=1
-    )  # [S M]
+    ).mul_(_LN_2)  # [S M]
     shifted.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # no self-pairs
-    exps = shifted.exp_()  # in place: the logits are not kept
+    exps = shifted.exp2_()  # in place: the logits are not kept
     return exps, exps.sum(dim=-1), positive
 
 
