@@ -635,9 +635,12 @@ class CDDRec(SequentialRecommender):
         n_steps, n_tokens, _ = view_a.shape
         if n_tokens == 0:
             return view_a.new_zeros(n_steps)
-        tokens = F.normalize(torch.cat([view_a, view_b], dim=1), dim=-1)  # [S 2N H]
+        tokens = torch.cat([view_a, view_b], dim=1)  # [S 2N H]
         if self.fast_info_nce and 2.0 / self.tau <= FAST_NT_XENT_SPAN:
-            return nt_xent(tokens, self.tau, self.nt_xent_workspace).mean(dim=1)
+            # normalised inside (F.normalize's values and gradients)
+            losses = nt_xent(tokens, self.tau, self.nt_xent_workspace, normalize=True)
+            return losses.mean(dim=1)
+        tokens = F.normalize(tokens, dim=-1)
         # 1 / tau on one side: the [S 2N 2N] logits need no extra pass.
         logits = torch.bmm(tokens / self.tau, tokens.transpose(1, 2))  # [S 2N 2N]
         logits.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # no self-pairs

@@ -51,7 +51,13 @@ import math
 
 import torch
 
-__all__ = ["FAST_NT_XENT_SPAN", "POOL_MIN_BYTES", "Workspace", "nt_xent"]
+__all__ = [
+    "FAST_NT_XENT_SPAN",
+    "NORMALIZE_EPS",
+    "POOL_MIN_BYTES",
+    "Workspace",
+    "nt_xent",
+]
 
 # The logits are shifted by 1 / tau, the largest a cosine over tau can be; a
 # token's logits then lie in [-2 / tau, 0] after the shift (cosines in
@@ -69,6 +75,8 @@ POOL_MIN_BYTES = 32 * 2**20
 # exp(x) = 2 ** (x log2(e)); log(2) takes base-2 logits back to natural units
 _LOG2_E = 1.0 / math.log(2.0)
 _LN_2 = math.log(2.0)
+# F.normalize's default: lengths are clamped to it before the division
+NORMALIZE_EPS = 1e-12
 # room for the next batch's slightly larger matrix in the same buffer
 _HEADROOM = 1.125
 
@@ -137,9 +145,30 @@ class Workspace:
         return {"max_free": self.max_free, "_free": []}
 
 
-def _exponentials(tokens, tau, shift, out):
+def _operands(tokens, tau, shift, norms):
+    """The product's two sides, each written in one pass over ``tokens``.
+
+    ``left`` [S M H+1] is ``[U log2(e) / tau, -shift log2(e)]`` and ``right``
+    ``[U, 1]``, with ``U`` the tokens divided by ``norms`` [S M 1] (or the
+    tokens themselves where ``norms`` is None): their product is the shifted
+    logits in base 2 (see :func:`_exponentials`).
+    """
+    steps, count, hidden = tokens.shape
+    left = tokens.new_empty(steps, count, hidden + 1)
+    right = tokens.new_empty(steps, count, hidden + 1)
+    if norms is None:
+        right[..., :hidden].copy_(tokens)
+    else:
+        torch.div(tokens, norms, out=right[..., :hidden])
+    torch.mul(right[..., :hidden], _LOG2_E / tau, out=left[..., :hidden])
+    left[..., hidden].fill_(-shift * _LOG2_E)
+    right[..., hidden].fill_(1.0)
+    return left, right
+
+
+def _exponentials(left, right, out):
     """(E [S M M], sums [S M], shifted positive logits [S M]) in one batched
-    product, ``E`` written into ``out``.
+    product of the two sides from :func:`_operands`, ``E`` written into ``out``.
 
     The shift rides in the product: ``[T / tau, -shift] [T, 1]^T`` is
     ``T T^T / tau - shift``, one more column for the product (1/64 more
@@ -149,12 +178,7 @@ def _exponentials(tokens, tau, shift, out):
     ``exp2`` costs 0.59x its ``exp`` here (6.3 against 10.6 ms over
     [20 640 640], one thread, AVX2), with no pass to rescale.
     """
-    half = tokens.shape[1] // 2
-    ones = tokens.new_ones(tokens.shape[:-1] + (1,))  # [S M 1]
-    left = torch.cat(
-        [tokens * (_LOG2_E / tau), ones * (-shift * _LOG2_E)], dim=-1
-    )  # [S M H+1]
-    right = torch.cat([tokens, ones], dim=-1)
+    half = left.shape[1] // 2
     shifted = torch.bmm(left, right.transpose(1, 2), out=out)  # [S M M], base 2
     # each token's positive logit, read off the matrix: (k, k + M/2) lie
     # on the diagonal at offset M/2, (k + M/2, k) at -M/2 (cat copies them
@@ -171,16 +195,22 @@ class _NTXent(torch.autograd.Function):
     """NT-Xent of unit tokens [S M H] (token k's partner is k +- M/2), per token."""
 
     @staticmethod
-    def forward(ctx, tokens, tau, workspace, forward_only):
+    def forward(ctx, tokens, tau, workspace, forward_only, normalize):
         shift = 1.0 / tau  # the largest logit a unit token can have
         steps, count, _ = tokens.shape
+        norms = too_short = None
+        if normalize:  # F.normalize's x / max(|x|, eps)
+            lengths = tokens.norm(2, -1, keepdim=True)  # [S M 1]
+            norms = lengths.clamp_min(NORMALIZE_EPS)
+            too_short = lengths < NORMALIZE_EPS
+        left, right = _operands(tokens, tau, shift, norms)
         buffer, out = (None, None)
         if workspace is not None:
             buffer, out = workspace.take(
                 (steps, count, count), tokens.dtype, tokens.device
             )
-        exps, sums, positive = _exponentials(tokens, tau, shift, out)
-        ctx.tau = tau
+        exps, sums, positive = _exponentials(left, right, out)
+        ctx.tau, ctx.normalize = tau, normalize
         # not the buffer itself: under activation checkpointing this graph
         # must not keep E alive (backward finds it through the saved E)
         ctx.workspace, ctx.pooled, ctx.released = workspace, buffer is not None, False
@@ -188,6 +218,9 @@ class _NTXent(torch.autograd.Function):
             if buffer is not None:
                 workspace.give_back(buffer)
             ctx.released = True
+        elif normalize:
+            # right's first H columns are the unit tokens
+            ctx.save_for_backward(right, exps, sums, norms, too_short)
         else:
             ctx.save_for_backward(tokens, exps, sums)
         return sums.log() - positive  # [S M]; both sides shifted alike
@@ -202,7 +235,11 @@ class _NTXent(torch.autograd.Function):
                 "nt_xent: a second backward pass through the same graph is not "
                 "supported (its workspace buffer was reused)"
             )
-        tokens, exps, sums = ctx.saved_tensors
+        if ctx.normalize:
+            right, exps, sums, norms, too_short = ctx.saved_tensors
+            tokens = right[..., :-1]  # the unit tokens U
+        else:
+            tokens, exps, sums = ctx.saved_tensors
         half, hidden = tokens.shape[1] // 2, tokens.shape[2]
         rate = (grad / sums).unsqueeze(-1) / ctx.tau  # [S M 1], 1 / tau folded in
         # E T and E (rate T) in one product: E is read once
@@ -218,18 +255,30 @@ class _NTXent(torch.autograd.Function):
             del exps, products
             ctx.workspace.give_back(buffer)
             ctx.released = True
-        return result, None, None, None
+        if ctx.normalize:
+            # through U = x / max(|x|, eps): (dU - U (U . dU)) / |x|, and
+            # dU / eps where the norm was clamped (no gradient reaches it)
+            radial = torch.linalg.vecdot(tokens, result).unsqueeze(-1)  # [S M 1]
+            radial.masked_fill_(too_short, 0.0)
+            result.addcmul_(tokens, radial, value=-1.0).div_(norms)
+        return result, None, None, None, None
 
 
-def nt_xent(tokens, tau, workspace=None):
+def nt_xent(tokens, tau, workspace=None, normalize=False):
     """NT-Xent per token of unit tokens [S M H] at temperature ``tau`` -> [S M].
 
     Token k's positive is its partner k +- M/2, its negatives the other
     M - 2 tokens of the same step. Needs ``2 / tau <= FAST_NT_XENT_SPAN``.
+    ``normalize``: the tokens are any vectors and are scaled to unit length
+    first, as ``F.normalize(tokens, dim=-1)`` would (the same values and
+    gradients, with fewer passes over the tokens: the division writes the
+    product's operand directly, and the backward pass through it is three
+    passes instead of autograd's chain of the norm, the clamp and the
+    division).
     With a :class:`Workspace`, its [S M M] matrix lives in the workspace's
     memory (reused at the next call), and the graph allows one backward pass.
     First-order gradients only (``create_graph=True`` raises).
     """
     # without a backward pass to come, forward gives its buffer back itself
     forward_only = not (torch.is_grad_enabled() and tokens.requires_grad)
-    return _NTXent.apply(tokens, tau, workspace, forward_only)
+    return _NTXent.apply(tokens, tau, workspace, forward_only, normalize)

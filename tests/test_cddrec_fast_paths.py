@@ -1,19 +1,22 @@
-"""CDDRec's cross-attentive decoder against independent computations.
+"""CDDRec's fast paths against independent computations.
 
 The decoder computes its attention head-major ([N h S Lk]) with the queries
 prescaled; these tests hold it to a token-by-token computation of Eq. 3 and,
-in training, to the step-major layout's dropout stream.
+in training, to the step-major layout's dropout stream. The NT-Xent
+normalises its tokens itself; it is held to ``F.normalize`` and autograd.
 """
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import UnitDataset, unit_config
 from torch import nn
 
 from recbole_diffusion.fast_layers import FastDropout
 from recbole_diffusion.model.cddrec import CDDRec
+from recbole_diffusion.model.nt_xent import NORMALIZE_EPS, Workspace, nt_xent
 
 
 def make_model(seed=0, **overrides):
@@ -152,3 +155,26 @@ def test_training_keeps_the_step_major_dropout_stream(
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast_gradient, slow_gradient, rtol=1e-5, atol=1e-6)
     assert torch.equal(fast_next, slow_next)
+
+
+@pytest.mark.parametrize("workspace", [None, Workspace()])
+def test_nt_xent_normalizes_as_f_normalize_does(workspace, monkeypatch):
+    """Catches the radial term of the normalisation's backward pass dropped or
+    applied where the length was clamped to eps (a zero token and one shorter
+    than eps are in the batch), or the division by the length left out."""
+    # pool even these small matrices, so the workspace's path is the one run
+    monkeypatch.setattr("recbole_diffusion.model.nt_xent.POOL_MIN_BYTES", 0)
+    torch.manual_seed(6)
+    raw = torch.randn(2, 8, 5, dtype=torch.float64) * torch.rand(2, 8, 1) * 3
+    raw[0, 1] = 0.0  # a zero token: F.normalize leaves it at zero
+    raw[1, 6] *= NORMALIZE_EPS / raw[1, 6].norm() / 4  # shorter than eps
+    raw.requires_grad_()
+    weights = torch.rand(2, 8, dtype=torch.float64)
+    fused = nt_xent(raw, 0.4, workspace, normalize=True)
+    (fused_grad,) = torch.autograd.grad((fused * weights).sum(), raw)
+    composed = nt_xent(F.normalize(raw, dim=-1), 0.4)
+    (composed_grad,) = torch.autograd.grad((composed * weights).sum(), raw)
+    torch.testing.assert_close(fused, composed, rtol=0, atol=1e-12)
+    # the clamped tokens' gradients are dU / eps, about 1e12
+    torch.testing.assert_close(fused_grad, composed_grad, rtol=1e-10, atol=1e-12)
+    assert fused_grad[1, 6].abs().max() > 1e6
