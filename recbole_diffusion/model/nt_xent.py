@@ -192,7 +192,8 @@ def _exponentials(left, right, out):
 
 
 class _NTXent(torch.autograd.Function):
-    """NT-Xent of unit tokens [S M H] (token k's partner is k +- M/2), per token."""
+    """NT-Xent of tokens [S M H] (token k's partner is k +- M/2), per token;
+    unit tokens, or any with ``normalize`` (see :func:`nt_xent`)."""
 
     @staticmethod
     def forward(ctx, tokens, tau, workspace, forward_only, normalize):
