@@ -269,6 +269,8 @@ class CrossAttentiveDecoder(nn.Module):
         """Dropout of the weights ``probs`` [N h S Lk] with the random numbers
         of a dropout of their [N S h Lk] layout (the mask is drawn in that
         order), so the head-major layout keeps the model's random stream."""
+        if not self.attn_dropout.training or self.attn_dropout.p == 0:
+            return probs
         if isinstance(self.attn_dropout, FastDropout):
             tokens, heads, steps, keys = probs.shape
             return self.attn_dropout(
