@@ -12,6 +12,11 @@ fails again before finishing an epoch past the state, the state is removed (it
 may be the cause) and the next retry starts afresh. A unit being run holds a
 lock file (``<stem>.lock``, the runner's pid) in the checkpoint folder: a second
 runner that reaches it skips it while that process lives.
+
+The checkpoint folder is git-ignored. A unit's resume state and best
+checkpoints are also kept in the carry folder beside its progress file
+(``carry_path``), which is committed with it: a clone that lacks a unit's
+resume state takes the carried one and continues the unit from there.
 """
 
 import json
@@ -41,7 +46,13 @@ from benchmarks.raw import (
     read_raw,
 )
 
-__all__ = ["plan_units", "progress_path", "read_progress", "run_units"]
+__all__ = [
+    "carry_path",
+    "plan_units",
+    "progress_path",
+    "read_progress",
+    "run_units",
+]
 
 
 def progress_path(results_dir, unit):
@@ -49,6 +60,11 @@ def progress_path(results_dir, unit):
     model = unit["model"].replace("+", "Plus")
     name = f"{unit['dataset']}.{unit['protocol']}.{model}.seed{unit['seed']}.json"
     return Path(results_dir) / "raw" / "progress" / name
+
+
+def carry_path(results_dir, dataset, protocol_name):
+    """The committed folder of the files that resume a table's units."""
+    return Path(results_dir) / "raw" / "progress" / f"{dataset}.{protocol_name}"
 
 
 def read_progress(results_dir, dataset, protocol_name):
@@ -71,9 +87,27 @@ def _unit_file(checkpoint_dir, unit, suffix):
 
 
 def _unit_files_done(spec):
-    """Remove a finished unit's resume state and progress file."""
+    """Remove a finished unit's resume state, carried files and progress file."""
+    from benchmarks.unit_state import carried_files
+
     _unit_file(spec["checkpoint_dir"], spec, ".resume.pth").unlink(missing_ok=True)
+    for path in carried_files(spec["carry_dir"], spec):
+        path.unlink()
     Path(spec["progress_file"]).unlink(missing_ok=True)
+
+
+def _adopt_carried_state(carry_dir, checkpoint_dir, unit):
+    """Take the carried resume state when the checkpoint folder has none (a
+    fresh clone); the carried files are copied, so they stay committed."""
+    from benchmarks.unit_state import carried_files, copy_file
+
+    if carry_dir is None or _has_resume_state(checkpoint_dir, unit):
+        return
+    files = carried_files(carry_dir, unit)
+    if not files or not files[-1].name.endswith(".resume.pth"):
+        return
+    for source in files:  # the resume state last
+        copy_file(source, Path(checkpoint_dir) / source.name)
 
 
 def _resume_state_stamp(spec):
@@ -131,13 +165,15 @@ def plan_units(
     records,
     retry_failed=False,
     checkpoint_dir=None,
+    carry_dir=None,
 ):
     """Split the requested units into (to run, skipped) given the raw records.
 
     A unit with a resume state in ``checkpoint_dir`` (interrupted: a crash, a
     timeout, a killed process) is run again, and continues, unless its latest
     record says ok, or failed (a failed unit continues only on
-    ``retry_failed``).
+    ``retry_failed``). A resume state in ``carry_dir`` is first copied into a
+    ``checkpoint_dir`` that has none.
     """
     if n_seeds > len(protocol["seeds"]):
         raise ProtocolError(
@@ -165,6 +201,8 @@ def plan_units(
             }
             prior = latest.get((model, seed))
             same = prior is not None and prior.get("fingerprint") == stamp
+            if checkpoint_dir is not None:
+                _adopt_carried_state(carry_dir, checkpoint_dir, unit)
             interrupted = checkpoint_dir is not None and _has_resume_state(
                 checkpoint_dir, unit
             )
@@ -197,6 +235,7 @@ def run_units(
     checkpoint_dir = (
         Path(work_dir) / "checkpoints" / f"{dataset}.{protocol['name']}"
     ).resolve()
+    carry_dir = carry_path(results_dir, dataset, protocol["name"]).resolve()
     to_run, skipped = plan_units(
         dataset,
         models,
@@ -205,6 +244,7 @@ def run_units(
         read_raw(path),
         retry_failed,
         checkpoint_dir=checkpoint_dir,
+        carry_dir=carry_dir,
     )
     for unit in skipped:
         echo(f"skip {unit['model']} seed {unit['seed']}: already in {_relative(path)}")
@@ -214,6 +254,7 @@ def run_units(
     for number, unit in enumerate(to_run, 1):
         spec = dict(unit)
         spec["checkpoint_dir"] = str(checkpoint_dir)
+        spec["carry_dir"] = str(carry_dir)
         spec["data_path"] = data_path
         spec["threads"] = threads
         spec["score_inference_steps"] = protocol.get("score_inference_steps") or []

@@ -15,6 +15,13 @@ A small JSON *progress file* is written beside the raw results at the same
 moment, so that the page shows a unit in progress ("running: epoch k, best
 valid NDCG@10 so far") instead of leaving it out.
 
+The unit's files that a resume needs (the resume state and the best
+checkpoints) are also copied beside the progress file, into the *carry
+folder* ``results/raw/progress/<dataset>.<protocol>/``. The checkpoint folder
+lives in the git-ignored work folder and is lost with the clone; the carry
+folder is committed with the progress files, so a fresh clone (another
+machine, a later day) continues the unit instead of training it again.
+
 Files are written with ``torch.save`` to a temporary name and renamed, and
 read back with ``weights_only=True``: a resume state holds tensors and plain
 values only.
@@ -23,6 +30,7 @@ values only.
 import json
 import os
 import random
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,6 +45,7 @@ __all__ = [
     "INTERRUPT_ENV",
     "STATE_FORMAT",
     "ResumableTrainerMixin",
+    "carried_files",
     "load_resume_state",
     "unit_file_stem",
 ]
@@ -54,6 +63,30 @@ def unit_file_stem(spec):
     """A unit's file name stem: the same for every run of the same unit."""
     model = spec["model"].replace("+", "Plus")
     return f"{model}.seed{spec['seed']}.{spec['fingerprint']}"
+
+
+def carried_files(folder, spec):
+    """The unit's files in ``folder`` that a resume needs, resume state last.
+
+    Its best checkpoint ``<stem>.pth`` (ADRec: one per stage,
+    ``<stem>-stage<k>.pth``) and its resume state ``<stem>.resume.pth``; the
+    resume state comes last so that whoever copies them in this order never
+    leaves a resume state without the checkpoints it refers to.
+    """
+    folder = Path(folder)
+    stem = unit_file_stem(spec)
+    files = sorted(folder.glob(f"{stem}-stage*.pth")) + [folder / f"{stem}.pth"]
+    files.append(folder / f"{stem}.resume.pth")
+    return [path for path in files if path.is_file()]
+
+
+def copy_file(source, target):
+    """Copy to a temporary name and rename: a reader never sees half a file."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
 
 
 def _plain_result(result):
@@ -149,6 +182,8 @@ class ResumableTrainerMixin:
         self.bench_loaders = loaders
         self.bench_resume_file = str(resume_file)
         self.bench_progress_file = str(progress_file) if progress_file else None
+        self.bench_carry_dir = spec.get("carry_dir")
+        self.bench_spec = spec
         self.bench_resumes = []
         self.bench_prior_seconds = 0.0
         self.bench_prior_train_seconds = 0.0
@@ -215,6 +250,7 @@ class ResumableTrainerMixin:
         partial = self.bench_resume_file + ".partial"
         torch.save(state, partial)
         os.replace(partial, self.bench_resume_file)
+        self._bench_carry()
         self._bench_write_progress(epoch_idx, stage)
         interrupt_after = os.environ.get(INTERRUPT_ENV)
         if interrupt_after and len(self.bench_epoch_seconds) == int(interrupt_after):
@@ -222,6 +258,14 @@ class ResumableTrainerMixin:
         fail_after = os.environ.get(FAIL_ENV)
         if fail_after and len(self.bench_epoch_seconds) == int(fail_after):
             raise RuntimeError(f"{FAIL_ENV}={fail_after}: failing on purpose")
+
+    def _bench_carry(self):
+        """Copy the files a resume needs into the committed carry folder."""
+        if not self.bench_carry_dir:
+            return
+        folder = os.path.dirname(self.bench_resume_file)
+        for source in carried_files(folder, self.bench_spec):
+            copy_file(source, Path(self.bench_carry_dir) / source.name)
 
     def _bench_write_progress(self, epoch_idx, stage):
         if not self.bench_progress_file:

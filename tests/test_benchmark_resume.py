@@ -8,6 +8,7 @@ or a restart would, and the same ``benchmarks/run.py`` command is run again.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,18 +109,24 @@ VOLATILE = {
 
 
 @pytest.mark.parametrize(
-    "model, interrupts",
+    "model, interrupts, new_clone",
     [
         # SASRec: interrupted after epoch 2 of 6
-        ("SASRec", [2]),
-        # ADRec: inside stage 1, then in the warm-up (stage 2)
-        ("ADRec", [2, 4]),
+        ("SASRec", [2], False),
+        # ADRec: inside stage 1, then in the warm-up (stage 2); the last run is
+        # in a new clone: the work folder (checkpoints included) is gone
+        ("ADRec", [2, 4], True),
     ],
 )
-def test_interrupted_unit_continues_to_the_same_record(tmp_path, model, interrupts):
+def test_interrupted_unit_continues_to_the_same_record(
+    tmp_path, model, interrupts, new_clone
+):
     """Catches: a resume that forgets the optimizer, the schedule, the early-
     stopping counter, ADRec's stage or an RNG (the metrics or the validation
-    curve would then differ from the straight run), or that starts over."""
+    curve would then differ from the straight run), or that starts over; and
+    a new clone, which lacks the git-ignored work folder, that trains the unit
+    again instead of continuing from the committed carry folder (or a carry
+    folder that misses a stage's best checkpoint, or is left behind)."""
     data_path = write_tiny_dataset(str(tmp_path / "data"))
     straight = _run(_args(tmp_path, data_path, "straight", model))
     assert straight.returncode == 0, straight.stdout + straight.stderr
@@ -139,6 +146,14 @@ def test_interrupted_unit_continues_to_the_same_record(tmp_path, model, interrup
         assert shown["status"] == "running"
         assert shown["epochs_trained"] == epochs
         assert shown["best_valid_so_far"] == max(e[1] for e in shown["valid_curve"])
+        # the files a resume needs are carried beside the progress file
+        carried = progress / "tiny.resume"
+        work = tmp_path / "resumed" / "work" / "checkpoints" / "tiny.resume"
+        assert sorted(p.name for p in carried.iterdir()) == sorted(
+            p.name for p in work.iterdir() if p.suffix == ".pth"
+        )
+    if new_clone:
+        shutil.rmtree(tmp_path / "resumed" / "work")
     finished = _run(args)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert (
@@ -161,6 +176,7 @@ def test_interrupted_unit_continues_to_the_same_record(tmp_path, model, interrup
     # finished: no progress file, no resume state left behind
     assert not list(progress.glob("*.json"))
     assert not list((tmp_path / "resumed" / "work").rglob("*.resume.pth"))
+    assert not list(progress.rglob("*.pth"))
     # and a rerun skips it
     again = _run(args)
     assert "0 units run" in again.stdout
