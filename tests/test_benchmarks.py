@@ -229,6 +229,53 @@ def test_page_lists_failed_units_and_tests_against_the_best_baseline():
     assert f"{expected['p']:.3f}" in line
 
 
+def _progress(model, seed, curve, fingerprint="f1"):
+    return {
+        "model": model,
+        "seed": seed,
+        "fingerprint": fingerprint,
+        "status": "running",
+        "epochs_trained": len(curve),
+        "epoch": len(curve) - 1,
+        "stage": None,
+        "best_valid_so_far": max(curve),
+        "valid_curve": [[epoch, score] for epoch, score in enumerate(curve)],
+        "epoch_seconds": [1.0] * len(curve),
+        "updated_at": "2026-12-08T00:00:00+0000",
+    }
+
+
+def test_page_shows_units_in_progress_and_a_failed_unit_running_again():
+    """Catches a unit in progress left off the page (shown as missing), its
+    epoch or best score misread, a unit whose record is in the table still
+    listed as running, and a failed unit that --retry-failed continues shown
+    only as failed."""
+    records = [
+        {**_unit("SASRec", 1, 0.10), "fingerprint": "f1"},
+        {**_unit("SASRec", 2, 0.12), "fingerprint": "f1"},
+        {**_unit("CDDRec", 1, 0.0, status="failed"), "fingerprint": "f1"},
+        {**_unit("DuoRec", 1, 0.0, status="failed"), "fingerprint": "f1"},
+    ]
+    progress = [
+        _progress("CDDRec", 1, [0.01, 0.05, 0.04]),  # the failed unit, again
+        _progress("ADRec", 2, [0.02, 0.03]),  # no record yet
+        _progress("SASRec", 2, [0.12]),  # finished: its record is in the table
+    ]
+    page = render.render_page(records, "hand", "converged", progress=progress)
+    running = page.split("## Units in progress", 1)[1].split("\n## ", 1)[0]
+    assert "- CDDRec seed 1: running: epoch 3, best valid NDCG@10 so far 0.0500" in (
+        running
+    )
+    assert "- ADRec seed 2: running: epoch 2, best valid NDCG@10 so far 0.0300" in (
+        running
+    )
+    assert "SASRec" not in running
+    failed = page.split("## Failed or diverged units", 1)[1]
+    cddrec = next(row for row in failed.splitlines() if "CDDRec seed 1" in row)
+    duorec = next(row for row in failed.splitlines() if "DuoRec seed 1" in row)
+    assert "running again" in cddrec and "running again" not in duorec
+
+
 def test_published_numbers_pair_each_paper_row_with_ours_only():
     records = [
         _unit("SASRec", 1, 0.03),

@@ -45,6 +45,7 @@ from benchmarks.report.training import (
     diffusion_adds_section,
     is_ablation,
     running_section,
+    running_units,
     stopping_section,
 )
 
@@ -354,15 +355,22 @@ def render_page(
 
     # failures
     failed = [u for u in units if u.get("status") != OK]
+    # a failed unit continued by --retry-failed is training again
+    rerunning = {(e["model"], e["seed"]) for e in running_units(records, progress)}
     lines += ["## Failed or diverged units", ""]
     if failed:
         for unit in sorted(
             failed, key=lambda u: (model_sort_key(u["model"]), u["seed"])
         ):
             error = " ".join(str(unit.get("error") or "").split())[:400]
+            again = (
+                "; running again (see *Units in progress*)"
+                if (unit["model"], unit["seed"]) in rerunning
+                else ""
+            )
             lines.append(
                 f"- {unit['model']} seed {unit['seed']}: **{unit['status']}**: {error} "
-                f"(log `{unit.get('log', '?')}`)"
+                f"(log `{unit.get('log', '?')}`){again}"
             )
     else:
         lines.append("None.")
