@@ -183,7 +183,6 @@ class ResumableTrainerMixin:
         self.bench_resume_file = str(resume_file)
         self.bench_progress_file = str(progress_file) if progress_file else None
         self.bench_carry_dir = spec.get("carry_dir")
-        self.bench_spec = spec
         self.bench_resumes = []
         self.bench_prior_seconds = 0.0
         self.bench_prior_train_seconds = 0.0
@@ -264,7 +263,7 @@ class ResumableTrainerMixin:
         if not self.bench_carry_dir:
             return
         folder = os.path.dirname(self.bench_resume_file)
-        for source in carried_files(folder, self.bench_spec):
+        for source in carried_files(folder, self.bench_unit):
             copy_file(source, Path(self.bench_carry_dir) / source.name)
 
     def _bench_write_progress(self, epoch_idx, stage):
